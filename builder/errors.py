@@ -1,0 +1,39 @@
+"""The errors onnxforge's builder raises at its boundary.
+
+    OnnxforgeError          base; ``str(error)`` is one line fit for a terminal
+    ├── SpecError           a spec, weights or calibration file is wrong (file, layer, field)
+    ├── ArtifactError       a built file is missing, unreadable or not what we expect
+    └── UnsupportedError    a valid request this version cannot fulfil yet
+
+The command line prints the message on one line and exits with code 2 for all of them.
+"""
+
+from __future__ import annotations
+
+
+class OnnxforgeError(Exception):
+    """Base class: the message is one line, names the file and what is wrong."""
+
+
+class SpecError(OnnxforgeError):
+    """A spec (or a file it points to) is invalid.
+
+    ``where`` is the layer (``layers[2] (dense "hidden")``) or the top-level section, and
+    ``field`` the offending key; either may be empty.
+    """
+
+    def __init__(self, file: str, where: str, field: str, reason: str) -> None:
+        self.file = file
+        self.where = where
+        self.field = field
+        self.reason = reason
+        parts = [part for part in (file, where, field) if part]
+        super().__init__(": ".join([*parts, reason]))
+
+
+class ArtifactError(OnnxforgeError):
+    """A model file in the repository is missing, unreadable or stale."""
+
+
+class UnsupportedError(OnnxforgeError):
+    """A well-formed request that this version of onnxforge does not support."""
