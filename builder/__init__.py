@@ -1,8 +1,8 @@
 """onnxforge's builder: layer specs to ONNX files, checked against a NumPy reference.
 
-    >>> spec = builder.load_spec("models/digits-mlp/spec.yaml")
-    >>> model = builder.build(spec)                  # onnx.ModelProto
-    >>> y = builder.reference.forward(spec, x)       # the independent NumPy forward pass
+>>> spec = builder.load_spec("models/digits-mlp/spec.yaml")
+>>> model = builder.build(spec)                  # onnx.ModelProto
+>>> y = builder.reference.forward(spec, x)       # the independent NumPy forward pass
 """
 
 from builder import reference

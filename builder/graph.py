@@ -52,21 +52,28 @@ def _gelu(g: _Graph, x: str, prefix: str, approximate: str) -> str:
     half = g.constant(f"{prefix}/Gelu/half", 0.5)
     one = g.constant(f"{prefix}/Gelu/one", 1.0)
     if approximate == "tanh":
-        cube = g.node("Mul", [g.node("Mul", [x, x], f"{prefix}/Gelu/Square"), x],
-                      f"{prefix}/Gelu/Cube")
+        cube = g.node(
+            "Mul", [g.node("Mul", [x, x], f"{prefix}/Gelu/Square"), x], f"{prefix}/Gelu/Cube"
+        )
         coef = g.constant(f"{prefix}/Gelu/coef", 0.044715)
-        inner = g.node("Add", [x, g.node("Mul", [cube, coef], f"{prefix}/Gelu/MulCoef")],
-                       f"{prefix}/Gelu/Inner")
+        inner = g.node(
+            "Add",
+            [x, g.node("Mul", [cube, coef], f"{prefix}/Gelu/MulCoef")],
+            f"{prefix}/Gelu/Inner",
+        )
         scale = g.constant(f"{prefix}/Gelu/sqrt_2_over_pi", math.sqrt(2.0 / math.pi))
-        core = g.node("Tanh", [g.node("Mul", [inner, scale], f"{prefix}/Gelu/Scale")],
-                      f"{prefix}/Gelu/Tanh")
+        core = g.node(
+            "Tanh", [g.node("Mul", [inner, scale], f"{prefix}/Gelu/Scale")], f"{prefix}/Gelu/Tanh"
+        )
     else:
         root2 = g.constant(f"{prefix}/Gelu/sqrt_2", math.sqrt(2.0))
-        core = g.node("Erf", [g.node("Div", [x, root2], f"{prefix}/Gelu/Div")],
-                      f"{prefix}/Gelu/Erf")
+        core = g.node(
+            "Erf", [g.node("Div", [x, root2], f"{prefix}/Gelu/Div")], f"{prefix}/Gelu/Erf"
+        )
     gate = g.node("Add", [core, one], f"{prefix}/Gelu/AddOne")
-    return g.node("Mul", [g.node("Mul", [x, gate], f"{prefix}/Gelu/Mul"), half],
-                  f"{prefix}/Gelu/Half")
+    return g.node(
+        "Mul", [g.node("Mul", [x, gate], f"{prefix}/Gelu/Mul"), half], f"{prefix}/Gelu/Half"
+    )
 
 
 def _mish(g: _Graph, x: str, prefix: str) -> str:
@@ -115,42 +122,56 @@ def _dense(g: _Graph, layer: Layer, x: str, prefix: str, layout: str) -> str:
     if layout == "out_in":
         weight = weight.T  # stored as (in, out) so that MatMul needs no Transpose node
     summed = g.node("MatMul", [x, g.constant(f"{prefix}/weight", weight)], f"{prefix}/MatMul")
-    biased = g.node("Add", [summed, g.constant(f"{prefix}/bias", layer.params["bias"])],
-                    f"{prefix}/Add")
+    biased = g.node(
+        "Add", [summed, g.constant(f"{prefix}/bias", layer.params["bias"])], f"{prefix}/Add"
+    )
     return _activate(g, layer.config.activation, biased, prefix)  # type: ignore[union-attr]
 
 
 def _batchnorm(g: _Graph, layer: Layer, x: str, prefix: str, layout: str) -> str:
-    inputs = [x] + [g.constant(f"{prefix}/{key}", layer.params[key])
-                    for key in ("scale", "bias", "mean", "var")]
-    return g.node("BatchNormalization", inputs, f"{prefix}/BatchNormalization",
-                  epsilon=layer.config.epsilon)  # type: ignore[union-attr]
+    inputs = [x] + [
+        g.constant(f"{prefix}/{key}", layer.params[key]) for key in ("scale", "bias", "mean", "var")
+    ]
+    return g.node(
+        "BatchNormalization", inputs, f"{prefix}/BatchNormalization", epsilon=layer.config.epsilon
+    )  # type: ignore[union-attr]
 
 
 def _layernorm(g: _Graph, layer: Layer, x: str, prefix: str, layout: str) -> str:
     inputs = [x] + [g.constant(f"{prefix}/{key}", layer.params[key]) for key in ("scale", "bias")]
-    return g.node("LayerNormalization", inputs, f"{prefix}/LayerNormalization",
-                  axis=-1, epsilon=layer.config.epsilon)  # type: ignore[union-attr]
+    return g.node(
+        "LayerNormalization",
+        inputs,
+        f"{prefix}/LayerNormalization",
+        axis=-1,
+        epsilon=layer.config.epsilon,
+    )  # type: ignore[union-attr]
 
 
 def _normalize(g: _Graph, layer: Layer, x: str, prefix: str, layout: str) -> str:
-    centred = g.node("Sub", [x, g.constant(f"{prefix}/mean", layer.params["mean"])],
-                     f"{prefix}/Sub")
-    return g.node("Div", [centred, g.constant(f"{prefix}/std", layer.params["std"])],
-                  f"{prefix}/Div")
+    centred = g.node(
+        "Sub", [x, g.constant(f"{prefix}/mean", layer.params["mean"])], f"{prefix}/Sub"
+    )
+    return g.node(
+        "Div", [centred, g.constant(f"{prefix}/std", layer.params["std"])], f"{prefix}/Div"
+    )
 
 
 LAYERS: Mapping[str, Callable[[_Graph, Layer, str, str, str], str]] = {
     "dense": _dense,
     "activation": lambda g, layer, x, prefix, layout: _activate(
-        g, layer.config.activation, x, prefix  # type: ignore[union-attr]
+        g,
+        layer.config.activation,
+        x,
+        prefix,  # type: ignore[union-attr]
     ),
     "batchnorm": _batchnorm,
     "layernorm": _layernorm,
     "dropout": lambda g, layer, x, prefix, layout: x,  # identity at inference: no node
     "normalize": _normalize,
-    "flatten": lambda g, layer, x, prefix, layout: g.node("Flatten", [x], f"{prefix}/Flatten",
-                                                           axis=1),
+    "flatten": lambda g, layer, x, prefix, layout: g.node(
+        "Flatten", [x], f"{prefix}/Flatten", axis=1
+    ),
 }
 
 
@@ -201,11 +222,14 @@ def build(spec: Spec, variant: str = "fp32") -> onnx.ModelProto:
         producer_version=_version(),
         doc_string=spec.document.description,
     )
-    metadata.set_props(model, {
-        metadata.SPEC_SHA256: spec.sha256,
-        metadata.VARIANT: variant,
-        metadata.VERSION: _version(),
-    })
+    metadata.set_props(
+        model,
+        {
+            metadata.SPEC_SHA256: spec.sha256,
+            metadata.VARIANT: variant,
+            metadata.VERSION: _version(),
+        },
+    )
     model = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
     onnx.checker.check_model(model, full_check=True)
     return model

@@ -76,8 +76,10 @@ def _parse_text(text: str, path: Path) -> Any:
             return json.loads(text)
         except json.JSONDecodeError as error:
             raise SpecError(
-                file, "", "", f"not valid JSON: line {error.lineno}, column {error.colno}: "
-                f"{error.msg}"
+                file,
+                "",
+                "",
+                f"not valid JSON: line {error.lineno}, column {error.colno}: {error.msg}",
             ) from None
     try:
         return yaml.load(text, Loader=_SpecLoader)

@@ -45,9 +45,7 @@ def _int_to_str(value: Any) -> Any:
     return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
 
-LayerName = Annotated[
-    str, BeforeValidator(_int_to_str), Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
-]
+LayerName = Annotated[str, BeforeValidator(_int_to_str), Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 PositiveInt = Annotated[int, Field(gt=0)]
 PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
@@ -198,7 +196,8 @@ class UniformDistribution(StrictModel):
     def _ordered(self) -> UniformDistribution:
         if not self.low < self.high:
             raise PydanticCustomError(
-                "uniform_bounds", "low must be below high, got low={low}, high={high}",
+                "uniform_bounds",
+                "low must be below high, got low={low}, high={high}",
                 {"low": self.low, "high": self.high},
             )
         return self

@@ -154,7 +154,9 @@ def resolve(document: Document, path: Path | None = None) -> Spec:
         shape = out_shape
     if weights is not None and (unused := weights.unused()):
         raise SpecError(
-            file, "", "weights",
+            file,
+            "",
+            "weights",
             f"unused key(s) in {weights.file_name}: {', '.join(unused)} "
             f"(layers: {', '.join(names)})",
         )
@@ -170,7 +172,9 @@ def _layer_names(document: Document, file: str) -> list[str]:
         if name in seen:
             config = document.layers[index]
             raise SpecError(
-                file, f'layers[{index}] ({config.type} "{name}")', "name",
+                file,
+                f'layers[{index}] ({config.type} "{name}")',
+                "name",
                 f"'{name}' is already the name of layers[{seen[name]}] "
                 "(unnamed layers are named by their position)",
             )
@@ -212,7 +216,9 @@ def _normalize_params(
         array = np.asarray(value, dtype=np.float64)
         if array.ndim == 1 and array.shape[0] != features:
             raise SpecError(
-                file, label, key,
+                file,
+                label,
+                key,
                 f"has {array.shape[0]} values; expected one number or {features} "
                 "(the size of the last input axis)",
             )
@@ -234,8 +240,10 @@ def _check_expose(document: Document, layers: list[Layer], file: str) -> None:
             raise SpecError(file, "", where, f"no layer named '{name}' (layers: {known})")
         if by_name[name].index == len(layers) - 1:
             raise SpecError(
-                file, "", where, f"'{name}' is the last layer; its output is already "
-                f"'{document.output.name}'",
+                file,
+                "",
+                where,
+                f"'{name}' is the last layer; its output is already '{document.output.name}'",
             )
         if name in taken:
             raise SpecError(file, "", where, f"output name '{name}' is used twice")
@@ -248,7 +256,9 @@ def _opset(document: Document, file: str) -> int:
         return newest
     if not runtime.MIN_OPSET <= document.opset <= newest:
         raise SpecError(
-            file, "", "opset",
+            file,
+            "",
+            "opset",
             f"must be between {runtime.MIN_OPSET} and {newest} (the newest the installed "
             f"ONNX Runtime runs), got {document.opset}",
         )
@@ -259,12 +269,18 @@ def _sha256(document: Document, layers: list[Layer], opset: int) -> str:
     """Hash of everything that decides the fp32 file's function and bytes.
 
     Serving settings, variants, budgets and the sampling distribution are left out:
-    changing them must not make the fp32 file stale. The weights file's path is left out too; its contents are hashed.
+    changing them must not make the fp32 file stale. The weights path is left out too;
+    its contents are hashed.
     """
     described = document.model_dump(
         mode="json",
-        exclude={"serving": True, "variants": True, "budget": True, "weights": True,
-                 "input": {"distribution"}},
+        exclude={
+            "serving": True,
+            "variants": True,
+            "budget": True,
+            "weights": True,
+            "input": {"distribution"},
+        },
     )
     described["opset"] = opset
     digest = hashlib.sha256(json.dumps(described, sort_keys=True).encode())

@@ -71,8 +71,11 @@ def load_inputs(path: Path, spec: Spec) -> np.ndarray:
         array = array[np.newaxis]
     if array.ndim != len(spec.input_shape) + 1 or tuple(array.shape[1:]) != spec.input_shape:
         raise SpecError(
-            file, "", "", f"shape {array.shape} does not fit input '{spec.input_name}' of "
-            f"{spec.name}: expected (N, {', '.join(map(str, spec.input_shape))})"
+            file,
+            "",
+            "",
+            f"shape {array.shape} does not fit input '{spec.input_name}' of "
+            f"{spec.name}: expected (N, {', '.join(map(str, spec.input_shape))})",
         )
     if array.shape[0] == 0:
         raise SpecError(file, "", "", "holds no rows")
@@ -106,8 +109,12 @@ def is_classifier(spec: Spec, output: str) -> bool:
 
 
 def verify_model(
-    spec: Spec, repository: Path, variant: str, inputs: np.ndarray,
-    atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL,
+    spec: Spec,
+    repository: Path,
+    variant: str,
+    inputs: np.ndarray,
+    atol: float = DEFAULT_ATOL,
+    rtol: float = DEFAULT_RTOL,
 ) -> ModelCheck:
     """Run one built variant of ``spec`` on ``inputs`` and compare every output."""
     name = model_name(spec.name, variant)
@@ -119,8 +126,13 @@ def verify_model(
     if (stale := staleness(model, spec)) is not None:
         return ModelCheck(name, variant, path, 0, problem=stale)
     session = runtime.session(model.SerializeToString())
-    got = dict(zip(spec.output_names, session.run(list(spec.output_names),
-                                                  {spec.input_name: inputs}), strict=True))
+    got = dict(
+        zip(
+            spec.output_names,
+            session.run(list(spec.output_names), {spec.input_name: inputs}),
+            strict=True,
+        )
+    )
     want = reference.run(spec, inputs)
     checks = [
         compare(out, got[out], want[out], is_classifier(spec, out), atol, rtol)

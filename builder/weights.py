@@ -54,14 +54,16 @@ def load_npz(path: Path, spec_file: str) -> dict[str, np.ndarray]:
 
 
 def default_params(
-    layer_type: str, shapes: Mapping[str, tuple[int, ...]], init: str, seed: int, index: int,
+    layer_type: str,
+    shapes: Mapping[str, tuple[int, ...]],
+    init: str,
+    seed: int,
+    index: int,
     weight_layout: str,
 ) -> dict[str, np.ndarray]:
     """Parameters of a layer when no weights file is given."""
     if layer_type == "dense":
-        fan_in, fan_out = (
-            shapes["weight"] if weight_layout == "in_out" else shapes["weight"][::-1]
-        )
+        fan_in, fan_out = shapes["weight"] if weight_layout == "in_out" else shapes["weight"][::-1]
         weight = dense_weight(init, fan_in, fan_out, seed, index)
         if weight_layout == "out_in":
             weight = np.ascontiguousarray(weight.T)
@@ -83,8 +85,12 @@ class WeightsFile:
         self.used: set[str] = set()
 
     def take(
-        self, layer_label: str, layer_name: str, layer_type: str,
-        shapes: Mapping[str, tuple[int, ...]], layout_note: str,
+        self,
+        layer_label: str,
+        layer_name: str,
+        layer_type: str,
+        shapes: Mapping[str, tuple[int, ...]],
+        layout_note: str,
     ) -> dict[str, np.ndarray]:
         """The parameters of one layer, checked for presence, dtype, shape and finiteness."""
         found = self._keys_of(layer_label, layer_name, layer_type)
@@ -93,7 +99,9 @@ class WeightsFile:
             if param not in found:
                 present = ", ".join(sorted(self.arrays)) or "nothing"
                 raise SpecError(
-                    self.spec_file, layer_label, param,
+                    self.spec_file,
+                    layer_label,
+                    param,
                     f"missing key '{layer_name}.{param}' in {self.file_name} (it holds: {present})",
                 )
             key = found[param]
@@ -109,7 +117,7 @@ class WeightsFile:
         for key in sorted(self.arrays):
             if not key.startswith(prefix):
                 continue
-            suffix = key[len(prefix):]
+            suffix = key[len(prefix) :]
             self.used.add(key)
             if suffix in ignored:
                 continue
@@ -117,13 +125,17 @@ class WeightsFile:
             if param not in owned:
                 what = f"parameters: {', '.join(owned)}" if owned else "no parameters"
                 raise SpecError(
-                    self.spec_file, layer_label, suffix,
+                    self.spec_file,
+                    layer_label,
+                    suffix,
                     f"key '{key}' in {self.file_name} is not a parameter of a {layer_type} "
                     f"layer ({what})",
                 )
             if param in found:
                 raise SpecError(
-                    self.spec_file, layer_label, param,
+                    self.spec_file,
+                    layer_label,
+                    param,
                     f"{self.file_name} holds both '{found[param]}' and '{key}' for {param}",
                 )
             found[param] = key
@@ -136,12 +148,16 @@ class WeightsFile:
         where = f"{self.file_name}['{key}']"
         if not np.issubdtype(array.dtype, np.floating):
             raise SpecError(
-                self.spec_file, layer_label, param,
+                self.spec_file,
+                layer_label,
+                param,
                 f"{where} has dtype {array.dtype}; expected floating point",
             )
         if tuple(array.shape) != shape:
             raise SpecError(
-                self.spec_file, layer_label, param,
+                self.spec_file,
+                layer_label,
+                param,
                 f"{where} has shape {tuple(array.shape)}; expected {shape}{layout_note}",
             )
         with np.errstate(over="ignore"):
@@ -150,14 +166,14 @@ class WeightsFile:
         if bad.any():
             first = tuple(int(i) for i in np.argwhere(bad)[0])
             raise SpecError(
-                self.spec_file, layer_label, param,
+                self.spec_file,
+                layer_label,
+                param,
                 f"{where} has {int(bad.sum())} non-finite value(s) (NaN/Inf, or beyond float32), "
                 f"first at index {first}",
             )
         if param == "var" and (array < 0).any():
-            raise SpecError(
-                self.spec_file, layer_label, param, f"{where} has negative variances"
-            )
+            raise SpecError(self.spec_file, layer_label, param, f"{where} has negative variances")
         return array
 
     def unused(self) -> list[str]:

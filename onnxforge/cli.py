@@ -70,13 +70,15 @@ def _parse_variants(text: str | None) -> list[str] | None:
 
 
 repository_option = click.option(
-    "-r", "--repository", type=click.Path(path_type=Path, file_okay=False), default=Path("models"),
-    show_default=True, help="Model repository folder.",
+    "-r",
+    "--repository",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("models"),
+    show_default=True,
+    help="Model repository folder.",
 )
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
-specs_argument = click.argument(
-    "specs", nargs=-1, type=click.Path(path_type=Path, dir_okay=False)
-)
+specs_argument = click.argument("specs", nargs=-1, type=click.Path(path_type=Path, dir_okay=False))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -104,8 +106,9 @@ def build(specs: tuple[Path, ...], repository: Path, variants: str | None, as_js
             "model": result.artifact.name,
             "variant": result.artifact.variant,
             "status": "written" if result.changed else "unchanged",
-            "parameters": sum(p.size for layer in result.artifact.spec.layers
-                              for p in layer.params.values()),
+            "parameters": sum(
+                p.size for layer in result.artifact.spec.layers for p in layer.params.values()
+            ),
             "bytes": len(result.artifact.model),
             "path": str(result.path),
         }
@@ -114,30 +117,60 @@ def build(specs: tuple[Path, ...], repository: Path, variants: str | None, as_js
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    table = Table("model", "variant", "status", "parameters", "bytes", "path",
-                  title=f"onnxforge build -> {repository}/")
+    table = Table(
+        "model",
+        "variant",
+        "status",
+        "parameters",
+        "bytes",
+        "path",
+        title=f"onnxforge build -> {repository}/",
+    )
     for row in rows:
-        table.add_row(row["model"], row["variant"], row["status"], f"{row['parameters']:,}",
-                      f"{row['bytes']:,}", row["path"])
+        table.add_row(
+            row["model"],
+            row["variant"],
+            row["status"],
+            f"{row['parameters']:,}",
+            f"{row['bytes']:,}",
+            row["path"],
+        )
     _console().print(table)
 
 
 @cli.command()
 @specs_argument
 @repository_option
-@click.option("--samples", type=click.IntRange(min=1), default=256, show_default=True,
-              help="Seeded random rows drawn from the spec's input distribution.")
+@click.option(
+    "--samples",
+    type=click.IntRange(min=1),
+    default=256,
+    show_default=True,
+    help="Seeded random rows drawn from the spec's input distribution.",
+)
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
-@click.option("--input", "input_file", type=click.Path(path_type=Path, dir_okay=False),
-              help="Also check on these rows (.npy, shape (N, *input shape)).")
-@click.option("--atol", type=click.FloatRange(min=0), default=None,
-              help="Absolute tolerance (default 1e-5).")
-@click.option("--rtol", type=click.FloatRange(min=0), default=None,
-              help="Relative tolerance (default 1e-4).")
+@click.option(
+    "--input",
+    "input_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Also check on these rows (.npy, shape (N, *input shape)).",
+)
+@click.option(
+    "--atol", type=click.FloatRange(min=0), default=None, help="Absolute tolerance (default 1e-5)."
+)
+@click.option(
+    "--rtol", type=click.FloatRange(min=0), default=None, help="Relative tolerance (default 1e-4)."
+)
 @json_option
 def verify(
-    specs: tuple[Path, ...], repository: Path, samples: int, seed: int, input_file: Path | None,
-    atol: float | None, rtol: float | None, as_json: bool,
+    specs: tuple[Path, ...],
+    repository: Path,
+    samples: int,
+    seed: int,
+    input_file: Path | None,
+    atol: float | None,
+    rtol: float | None,
+    as_json: bool,
 ) -> None:
     """Run every built model in ONNX Runtime and compare it with the NumPy reference."""
     import numpy as np
@@ -150,11 +183,16 @@ def verify(
         inputs = checks.sample_inputs(spec, samples, seed)
         if input_file is not None:
             inputs = np.concatenate([inputs, checks.load_inputs(input_file, spec)])
-        results.append(checks.verify_model(
-            spec, repository, "fp32", inputs,
-            checks.DEFAULT_ATOL if atol is None else atol,
-            checks.DEFAULT_RTOL if rtol is None else rtol,
-        ))
+        results.append(
+            checks.verify_model(
+                spec,
+                repository,
+                "fp32",
+                inputs,
+                checks.DEFAULT_ATOL if atol is None else atol,
+                checks.DEFAULT_RTOL if rtol is None else rtol,
+            )
+        )
     if as_json:
         click.echo(json.dumps([_check_json(result) for result in results], indent=2))
     else:
@@ -182,12 +220,18 @@ def _print_checks(results: list) -> None:
         if result.problem:
             console.print(f"[bold]{result.model}[/bold] ({result.variant}): FAIL: {result.problem}")
             continue
-        table = Table("output", "max abs err", "max rel err", "argmax agreement", "result",
-                      title=title)
+        table = Table(
+            "output", "max abs err", "max rel err", "argmax agreement", "result", title=title
+        )
         for check in result.outputs:
             agreement = "-" if check.argmax_agreement is None else f"{check.argmax_agreement:.4f}"
-            table.add_row(check.output, f"{check.max_abs:.3g}", f"{check.max_rel:.3g}",
-                          agreement, "ok" if check.ok else "[red]OVER TOLERANCE[/red]")
+            table.add_row(
+                check.output,
+                f"{check.max_abs:.3g}",
+                f"{check.max_rel:.3g}",
+                agreement,
+                "ok" if check.ok else "[red]OVER TOLERANCE[/red]",
+            )
         console.print(table)
 
 
