@@ -7,11 +7,12 @@ are the ONNX operators' defaults.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Final
 
 # name -> {parameter: default}
-ACTIVATIONS: Final = MappingProxyType(
+ACTIVATIONS: Final[Mapping[str, Mapping[str, float | str]]] = MappingProxyType(
     {
         "identity": {},
         "relu": {},

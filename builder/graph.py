@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 import onnx
@@ -34,7 +35,7 @@ class _Graph:
         self.initializers.append(numpy_helper.from_array(array, name))
         return name
 
-    def node(self, op: str, inputs: list[str], name: str, **attrs: object) -> str:
+    def node(self, op: str, inputs: list[str], name: str, **attrs: Any) -> str:
         self.nodes.append(helper.make_node(op, inputs, [name], name=name, **attrs))
         return name
 
@@ -125,7 +126,7 @@ def _dense(g: _Graph, layer: Layer, x: str, prefix: str, layout: str) -> str:
     biased = g.node(
         "Add", [summed, g.constant(f"{prefix}/bias", layer.params["bias"])], f"{prefix}/Add"
     )
-    return _activate(g, layer.config.activation, biased, prefix)  # type: ignore[union-attr]
+    return _activate(g, layer.activated(), biased, prefix)
 
 
 def _batchnorm(g: _Graph, layer: Layer, x: str, prefix: str, layout: str) -> str:
@@ -133,19 +134,15 @@ def _batchnorm(g: _Graph, layer: Layer, x: str, prefix: str, layout: str) -> str
         g.constant(f"{prefix}/{key}", layer.params[key]) for key in ("scale", "bias", "mean", "var")
     ]
     return g.node(
-        "BatchNormalization", inputs, f"{prefix}/BatchNormalization", epsilon=layer.config.epsilon
-    )  # type: ignore[union-attr]
+        "BatchNormalization", inputs, f"{prefix}/BatchNormalization", epsilon=layer.epsilon
+    )
 
 
 def _layernorm(g: _Graph, layer: Layer, x: str, prefix: str, layout: str) -> str:
     inputs = [x] + [g.constant(f"{prefix}/{key}", layer.params[key]) for key in ("scale", "bias")]
     return g.node(
-        "LayerNormalization",
-        inputs,
-        f"{prefix}/LayerNormalization",
-        axis=-1,
-        epsilon=layer.config.epsilon,
-    )  # type: ignore[union-attr]
+        "LayerNormalization", inputs, f"{prefix}/LayerNormalization", axis=-1, epsilon=layer.epsilon
+    )
 
 
 def _normalize(g: _Graph, layer: Layer, x: str, prefix: str, layout: str) -> str:
@@ -159,12 +156,7 @@ def _normalize(g: _Graph, layer: Layer, x: str, prefix: str, layout: str) -> str
 
 LAYERS: Mapping[str, Callable[[_Graph, Layer, str, str, str], str]] = {
     "dense": _dense,
-    "activation": lambda g, layer, x, prefix, layout: _activate(
-        g,
-        layer.config.activation,
-        x,
-        prefix,  # type: ignore[union-attr]
-    ),
+    "activation": lambda g, layer, x, prefix, layout: _activate(g, layer.activated(), x, prefix),
     "batchnorm": _batchnorm,
     "layernorm": _layernorm,
     "dropout": lambda g, layer, x, prefix, layout: x,  # identity at inference: no node

@@ -80,7 +80,7 @@ def _dense(layer: Layer, x: np.ndarray, layout: str) -> np.ndarray:
     weight = _param(layer, "weight")
     # out_in is PyTorch's nn.Linear: y = x W^T + b.
     summed = x @ weight if layout == "in_out" else x @ weight.T
-    return activate(layer.config.activation, summed + _param(layer, "bias"))  # type: ignore[union-attr]
+    return activate(layer.activated(), summed + _param(layer, "bias"))
 
 
 def _batchnorm(layer: Layer, x: np.ndarray, layout: str) -> np.ndarray:
@@ -90,20 +90,20 @@ def _batchnorm(layer: Layer, x: np.ndarray, layout: str) -> np.ndarray:
     def shaped(key: str) -> np.ndarray:
         return _param(layer, key).reshape(axes)
 
-    scale = shaped("scale") / np.sqrt(shaped("var") + layer.config.epsilon)  # type: ignore[union-attr]
+    scale = shaped("scale") / np.sqrt(shaped("var") + layer.epsilon)
     return (x - shaped("mean")) * scale + shaped("bias")
 
 
 def _layernorm(layer: Layer, x: np.ndarray, layout: str) -> np.ndarray:
     mean = x.mean(axis=-1, keepdims=True)
     var = ((x - mean) ** 2).mean(axis=-1, keepdims=True)
-    normed = (x - mean) / np.sqrt(var + layer.config.epsilon)  # type: ignore[union-attr]
+    normed = (x - mean) / np.sqrt(var + layer.epsilon)
     return normed * _param(layer, "scale") + _param(layer, "bias")
 
 
 LAYERS: Mapping[str, Callable[[Layer, np.ndarray, str], np.ndarray]] = {
     "dense": _dense,
-    "activation": lambda layer, x, layout: activate(layer.config.activation, x),  # type: ignore[union-attr]
+    "activation": lambda layer, x, layout: activate(layer.activated(), x),
     "batchnorm": _batchnorm,
     "layernorm": _layernorm,
     "dropout": lambda layer, x, layout: x,  # identity at inference

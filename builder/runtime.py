@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import onnx
 import onnxruntime as ort
@@ -11,7 +12,7 @@ from onnx import TensorProto, helper
 MIN_OPSET = 17  # LayerNormalization and today's Softmax semantics exist from here on
 
 # Every operator the graph builder may emit, with the attributes it sets.
-_PROBE_OPS = (
+_PROBE_OPS: tuple[tuple[str, int, dict[str, Any]], ...] = (
     ("MatMul", 2, {}),
     ("Add", 2, {}),
     ("Sub", 2, {}),

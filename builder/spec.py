@@ -63,6 +63,17 @@ class Layer:
             return self.config.activation
         return None
 
+    @property
+    def epsilon(self) -> float:
+        """The variance floor of a batchnorm or layernorm layer."""
+        assert isinstance(self.config, BatchNormLayer | LayerNormLayer), self.label
+        return self.config.epsilon
+
+    def activated(self) -> Activation:
+        """The activation of a dense or activation layer."""
+        assert self.activation is not None, self.label
+        return self.activation
+
 
 @dataclass(frozen=True)
 class Spec:

@@ -10,6 +10,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
@@ -17,6 +18,10 @@ from rich.table import Table
 
 from builder.errors import OnnxforgeError
 from onnxforge import __version__
+
+if TYPE_CHECKING:
+    from builder.spec import Spec
+    from builder.verify import ModelCheck
 
 SPEC_PATTERNS = ("*/spec.yaml", "*/spec.yml", "*/spec.json")
 EXIT_USAGE = 2
@@ -39,7 +44,7 @@ def _find_specs(specs: Sequence[Path], repository: Path) -> list[Path]:
     return found
 
 
-def _load_all(paths: Sequence[Path]) -> list:  # list[Spec]
+def _load_all(paths: Sequence[Path]) -> list[Spec]:
     from builder.spec import load_spec
 
     specs = [load_spec(path) for path in paths]
@@ -101,7 +106,7 @@ def build(specs: tuple[Path, ...], repository: Path, variants: str | None, as_js
     # Build everything in memory before writing anything: a bad spec leaves no trace.
     built = [artifact for spec in loaded for artifact in artifacts(spec, chosen)]
     results = write(repository, built)
-    rows = [
+    rows: list[dict[str, Any]] = [
         {
             "model": result.artifact.name,
             "variant": result.artifact.variant,
@@ -201,7 +206,7 @@ def verify(
         raise SystemExit(EXIT_FAILED)
 
 
-def _check_json(result) -> dict:  # ModelCheck -> dict
+def _check_json(result: ModelCheck) -> dict[str, Any]:
     return {
         "model": result.model,
         "variant": result.variant,
@@ -213,7 +218,7 @@ def _check_json(result) -> dict:  # ModelCheck -> dict
     }
 
 
-def _print_checks(results: list) -> None:
+def _print_checks(results: list[ModelCheck]) -> None:
     console = _console()
     for result in results:
         title = f"{result.model} ({result.variant}): {result.samples} samples vs NumPy reference"
