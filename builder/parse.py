@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
 from builder.errors import SpecError
-from builder.schema import LAYER_TYPES, Document
+from builder.schema import LAYER_TYPES, PATTERN_HELP, Document
 
 
 class _SpecLoader(yaml.SafeLoader):
@@ -57,8 +57,10 @@ def read_document(path: Path) -> tuple[Document, dict[str, Any]]:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise SpecError(file, "", "", "file not found") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise SpecError(file, "", "", f"cannot read: {error}") from None
+    except UnicodeDecodeError:
+        raise SpecError(file, "", "", "not a text file (a YAML or JSON spec expected)") from None
+    except OSError as error:
+        raise SpecError(file, "", "", f"cannot read: {error.strerror or error}") from None
     raw = _parse_text(text, path)
     if not isinstance(raw, dict):
         kind = "an empty file" if raw is None else f"a {type(raw).__name__}"
@@ -69,11 +71,26 @@ def read_document(path: Path) -> tuple[Document, dict[str, Any]]:
         raise _spec_error(file, raw, error.errors()[0]) from None
 
 
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _refuse_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise _DuplicateKey(key)
+        result[key] = value
+    return result
+
+
 def _parse_text(text: str, path: Path) -> Any:
     file = str(path)
     if path.suffix.lower() == ".json":
         try:
-            return json.loads(text)
+            return json.loads(text, object_pairs_hook=_refuse_duplicate_keys)
+        except _DuplicateKey as error:
+            raise SpecError(file, "", "", f"not valid: key '{error}' appears twice") from None
         except json.JSONDecodeError as error:
             raise SpecError(
                 file,
@@ -110,7 +127,7 @@ def _spec_error(file: str, raw: dict[str, Any], error: ErrorDetails) -> SpecErro
             loc = loc[1:]  # pydantic names the union member; the user never wrote it
     ctx = error.get("ctx") or {}
     kind = error["type"]
-    if kind == "unknown_field":
+    if kind == "spec_unknown_field":
         loc.append(ctx["field"])
         reason = f"unknown field{ctx['hint']}; allowed: {ctx['allowed']}"
     elif kind == "union_tag_invalid":
@@ -121,8 +138,13 @@ def _spec_error(file: str, raw: dict[str, Any], error: ErrorDetails) -> SpecErro
         reason = f"missing; give one of: {', '.join(LAYER_TYPES)}"
     elif kind == "missing":
         reason = "missing required field"
-    elif kind.startswith(("unknown_", "activation_", "gelu_", "uniform_", "distribution_")):
-        reason = error["msg"]
+    elif kind.startswith("spec_"):
+        reason = error["msg"]  # written for users in builder.schema
+    elif kind == "string_pattern_mismatch":
+        help_text = PATTERN_HELP.get(str(ctx.get("pattern")), f"match {ctx.get('pattern')}")
+        reason = f"must be {help_text}, got {_short(error['input'])}"
+    elif kind == "too_short":
+        reason = f"must have at least {ctx['min_length']} item(s), got {_short(error['input'])}"
     else:
         reason = _plain(error["msg"]) + f", got {_short(error['input'])}"
     return SpecError(file, where, _dotted(loc), reason)

@@ -56,14 +56,14 @@ class Written:
 
 
 def artifacts(spec: Spec, variants: Sequence[str] | None = None) -> list[Artifact]:
-    """Build every requested variant of ``spec`` in memory."""
-    wanted = list(variants) if variants is not None else list(spec.document.variants)
+    """Build every requested variant of ``spec`` in memory (default: the spec's own list)."""
+    field = "variants" if variants is None else "--variants"
+    wanted = list(spec.document.variants if variants is None else variants)
     unsupported = [variant for variant in wanted if variant not in SUPPORTED_VARIANTS]
     if unsupported:
         raise UnsupportedError(
-            f"{spec.path or spec.name}: variants: {', '.join(unsupported)} cannot be built yet; "
-            f"this version builds only {', '.join(SUPPORTED_VARIANTS)} "
-            "(pass --variants fp32 to build the rest)"
+            f"{spec.path or spec.name}: {field}: {', '.join(unsupported)} cannot be built yet; "
+            f"this version of onnxforge builds only {', '.join(SUPPORTED_VARIANTS)}"
         )
     built = []
     for variant in wanted:

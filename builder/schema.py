@@ -15,6 +15,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    field_validator,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
@@ -36,8 +37,17 @@ INIT_SCHEMES = (
     "zeros",
 )
 
-ModelName = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")]
-TensorName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.:-]{0,63}$")]
+MODEL_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
+TENSOR_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.:-]{0,63}$"
+LAYER_NAME_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+# What each pattern means, for error messages.
+PATTERN_HELP = {
+    MODEL_NAME_PATTERN: "1-64 lowercase letters, digits, '-' or '_', not starting with '-' or '_'",
+    TENSOR_NAME_PATTERN: "1-64 letters, digits, '_', '.', ':' or '-', not starting with a digit",
+    LAYER_NAME_PATTERN: "1-64 letters, digits, '-' or '_'",
+}
+ModelName = Annotated[str, Field(pattern=MODEL_NAME_PATTERN)]
+TensorName = Annotated[str, Field(pattern=TENSOR_NAME_PATTERN)]
 
 
 def _int_to_str(value: Any) -> Any:
@@ -67,7 +77,7 @@ class StrictModel(BaseModel):
                     close = difflib.get_close_matches(str(key), allowed, n=1)
                     hint = f" (did you mean '{close[0]}'?)" if close else ""
                     raise PydanticCustomError(
-                        "unknown_field",
+                        "spec_unknown_field",
                         "unknown field '{field}'{hint}; allowed: {allowed}",
                         {"field": str(key), "hint": hint, "allowed": ", ".join(allowed)},
                     )
@@ -87,7 +97,7 @@ class Activation(StrictModel):
     def _known_with_known_parameters(self) -> Activation:
         if self.name not in ACTIVATIONS:
             raise PydanticCustomError(
-                "unknown_activation",
+                "spec_unknown_activation",
                 "unknown activation '{name}' (known: {known})",
                 {"name": self.name, "known": ", ".join(ACTIVATIONS)},
             )
@@ -96,13 +106,13 @@ class Activation(StrictModel):
             if getattr(self, param) is not None and param not in takes:
                 accepted = ", ".join(takes) or "none"
                 raise PydanticCustomError(
-                    "activation_parameter",
+                    "spec_activation_parameter",
                     "activation '{name}' takes no parameter '{param}' (it takes: {accepted})",
                     {"name": self.name, "param": param, "accepted": accepted},
                 )
         if self.approximate is not None and self.approximate not in GELU_APPROXIMATIONS:
             raise PydanticCustomError(
-                "gelu_approximate",
+                "spec_gelu_approximate",
                 "gelu approximate must be one of {known}, got '{got}'",
                 {"known": ", ".join(GELU_APPROXIMATIONS), "got": self.approximate},
             )
@@ -158,11 +168,16 @@ class DropoutLayer(StrictModel):
     rate: Annotated[float, Field(ge=0, lt=1)] = 0.5
 
 
+def _listed(value: Any) -> Any:
+    return [value] if isinstance(value, int | float) and not isinstance(value, bool) else value
+
+
 class NormalizeLayer(StrictModel):
     type: Literal["normalize"]
     name: LayerName | None = None
-    mean: FiniteFloat | list[FiniteFloat] = 0.0
-    std: PositiveFloat | list[PositiveFloat] = 1.0
+    # One number for every feature, or one per feature; a number is read as a 1-item list.
+    mean: Annotated[list[FiniteFloat], BeforeValidator(_listed), Field(min_length=1)] = [0.0]
+    std: Annotated[list[PositiveFloat], BeforeValidator(_listed), Field(min_length=1)] = [1.0]
 
 
 class FlattenLayer(StrictModel):
@@ -196,7 +211,7 @@ class UniformDistribution(StrictModel):
     def _ordered(self) -> UniformDistribution:
         if not self.low < self.high:
             raise PydanticCustomError(
-                "uniform_bounds",
+                "spec_uniform_bounds",
                 "low must be below high, got low={low}, high={high}",
                 {"low": self.low, "high": self.high},
             )
@@ -213,7 +228,7 @@ class Distribution(StrictModel):
     def _exactly_one(self) -> Distribution:
         if (self.normal is None) == (self.uniform is None):
             raise PydanticCustomError(
-                "distribution_kind", "give exactly one of 'normal' or 'uniform'"
+                "spec_distribution_kind", "give exactly one of 'normal' or 'uniform'"
             )
         return self
 
@@ -264,8 +279,12 @@ class Document(StrictModel):
     budget: dict[Variant, Budget] = {}
     serving: Serving = Serving()
 
-    @model_validator(mode="after")
-    def _distinct_variants(self) -> Document:
-        if len(set(self.variants)) != len(self.variants):
-            raise PydanticCustomError("duplicate_variant", "variants are listed twice")
-        return self
+    @field_validator("variants")
+    @classmethod
+    def _distinct_variants(cls, variants: list[str]) -> list[str]:
+        twice = sorted({variant for variant in variants if variants.count(variant) > 1})
+        if twice:
+            raise PydanticCustomError(
+                "spec_duplicate_variant", "{twice} listed twice", {"twice": ", ".join(twice)}
+            )
+        return variants

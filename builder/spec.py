@@ -223,9 +223,8 @@ def _normalize_params(
 ) -> dict[str, np.ndarray]:
     params = {}
     for key in ("mean", "std"):
-        value = getattr(config, key)
-        array = np.asarray(value, dtype=np.float64)
-        if array.ndim == 1 and array.shape[0] != features:
+        array = np.asarray(getattr(config, key), dtype=np.float64)
+        if array.shape[0] not in (1, features):
             raise SpecError(
                 file,
                 label,

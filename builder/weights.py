@@ -41,16 +41,33 @@ IGNORED: Mapping[str, frozenset[str]] = {"batchnorm": frozenset({"num_batches_tr
 
 def load_npz(path: Path, spec_file: str) -> dict[str, np.ndarray]:
     """Every array in ``path``, refusing pickled objects."""
-    if not path.is_file():
+    if not path.exists():
         raise SpecError(spec_file, "", "weights", f"file not found: {path}")
+    if not path.is_file():
+        raise SpecError(spec_file, "", "weights", f"{path} is not a file")
+    # np.load would try anything that is not a zip as a pickle; say what it really is.
+    if not zipfile.is_zipfile(path):
+        raise SpecError(spec_file, "", "weights", f"{path.name} is not an .npz (zip) archive")
+    arrays = {}
     try:
         with np.load(path, allow_pickle=False) as archive:
-            return {key: archive[key] for key in archive.files}
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as error:
+            for key in archive.files:
+                try:
+                    arrays[key] = archive[key]
+                except ValueError:
+                    raise SpecError(
+                        spec_file,
+                        "",
+                        "weights",
+                        f"{path.name}['{key}'] holds Python objects (pickled), which are never "
+                        "loaded; save plain numeric arrays",
+                    ) from None
+    except (OSError, zipfile.BadZipFile, EOFError, ValueError) as error:
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise SpecError(
             spec_file, "", "weights", f"{path.name} is not a readable .npz archive: {reason}"
         ) from None
+    return arrays
 
 
 def default_params(
@@ -128,8 +145,8 @@ class WeightsFile:
                     self.spec_file,
                     layer_label,
                     suffix,
-                    f"key '{key}' in {self.file_name} is not a parameter of a {layer_type} "
-                    f"layer ({what})",
+                    f"key '{key}' in {self.file_name} is not a parameter of {_article(layer_type)} "
+                    f"{layer_type} layer ({what})",
                 )
             if param in found:
                 raise SpecError(
@@ -178,3 +195,7 @@ class WeightsFile:
 
     def unused(self) -> list[str]:
         return sorted(set(self.arrays) - self.used)
+
+
+def _article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
