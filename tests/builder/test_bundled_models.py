@@ -52,4 +52,4 @@ def test_digits_dataset_generator_is_deterministic() -> None:
     np.testing.assert_array_equal(x1, x2)
     np.testing.assert_array_equal(y1, y2)
     assert x1.shape == (200, 64) and x1.dtype == np.float32
-    assert set(np.unique(y1)) == set(range(10)) and 0 <= x1.min() and x1.max() <= 1
+    assert set(np.unique(y1)) == set(range(10)) and x1.min() >= 0 and x1.max() <= 1
