@@ -40,15 +40,23 @@ def _probe_model(opset: int) -> onnx.ModelProto:
         helper.make_node(op, ["x", "x"][:arity], [f"y{i}"], **attrs)
         for i, (op, arity, attrs) in enumerate(_PROBE_OPS)
     ]
-    nodes.append(
-        helper.make_node("LayerNormalization", ["x", "s", "b"], ["ln"], axis=-1, epsilon=1e-5)
-    )
-    nodes.append(helper.make_node("BatchNormalization", ["x", "s", "b", "b", "s"], ["bn"]))
+    nodes += [
+        helper.make_node("LayerNormalization", ["x", "s", "b"], ["ln"], axis=-1, epsilon=1e-5),
+        helper.make_node("BatchNormalization", ["x", "s", "b", "b", "s"], ["bn"]),
+        # The quantized variants: static QDQ (per tensor, per channel) and dynamic int8.
+        helper.make_node("QuantizeLinear", ["x", "qs", "qz"], ["q"]),
+        helper.make_node("DequantizeLinear", ["q", "qs", "qz"], ["dq"]),
+        helper.make_node("DequantizeLinear", ["w8", "ws", "wz"], ["wdq"], axis=1),
+        helper.make_node("DynamicQuantizeLinear", ["x"], ["xq", "xs", "xz"]),
+        helper.make_node("MatMulInteger", ["xq", "w8", "xz"], ["acc"]),
+        helper.make_node("Cast", ["acc"], ["accf"], to=TensorProto.FLOAT),
+    ]
     if opset >= 18:
         nodes.append(helper.make_node("Mish", ["x"], ["mish"]))
     if opset >= 20:
         nodes.append(helper.make_node("Gelu", ["x"], ["gelu"], approximate="tanh"))
-    outputs = [out for node in nodes for out in node.output]
+    integer_outputs = {"q", "xq", "xz", "acc"}
+    outputs = [out for node in nodes for out in node.output if out not in integer_outputs]
     graph = helper.make_graph(
         nodes,
         "probe",
@@ -57,6 +65,11 @@ def _probe_model(opset: int) -> onnx.ModelProto:
         initializer=[
             helper.make_tensor("s", TensorProto.FLOAT, [2], [1.0, 1.0]),
             helper.make_tensor("b", TensorProto.FLOAT, [2], [0.0, 0.0]),
+            helper.make_tensor("qs", TensorProto.FLOAT, [], [0.1]),
+            helper.make_tensor("qz", TensorProto.UINT8, [], [128]),
+            helper.make_tensor("w8", TensorProto.INT8, [2, 2], [1, -2, 3, -4]),
+            helper.make_tensor("ws", TensorProto.FLOAT, [2], [0.5, 0.25]),
+            helper.make_tensor("wz", TensorProto.INT8, [2], [0, 0]),
         ],
     )
     return helper.make_model(
@@ -73,7 +86,10 @@ def ir_version_for(opset: int) -> int:
 
 @functools.cache
 def newest_opset() -> int:
-    """The newest default-domain opset for which ONNX Runtime runs every operator we emit."""
+    """The newest default-domain opset for which ONNX Runtime runs every operator we emit.
+
+    Quantization operators are part of the probe: a file must stay quantizable.
+    """
     for opset in range(onnx.defs.onnx_opset_version(), MIN_OPSET - 1, -1):
         try:
             ort.InferenceSession(
