@@ -185,7 +185,7 @@ def _name_output(g: _Graph, tensor: str, name: str, graph_input: str, named: set
     named.add(name)
 
 
-def build(spec: Spec, variant: str = "fp32") -> onnx.ModelProto:
+def build(spec: Spec) -> onnx.ModelProto:
     """The fp32 ONNX model for ``spec``: checked, shapes inferred, bytes reproducible."""
     g = _Graph(spec.opset)
     tensors = []
@@ -218,7 +218,7 @@ def build(spec: Spec, variant: str = "fp32") -> onnx.ModelProto:
         model,
         {
             metadata.SPEC_SHA256: spec.sha256,
-            metadata.VARIANT: variant,
+            metadata.VARIANT: "fp32",
             metadata.VERSION: _version(),
         },
     )

@@ -13,6 +13,8 @@ import onnx
 SPEC_SHA256 = "onnxforge.spec_sha256"
 VARIANT = "onnxforge.variant"
 VERSION = "onnxforge.version"
+ACCURACY = "onnxforge.accuracy"  # JSON: figures measured against the fp32 reference
+QUANTIZATION = "onnxforge.quantization"  # JSON: how the variant was made
 
 
 def set_props(model: onnx.ModelProto, props: Mapping[str, str]) -> None:

@@ -17,15 +17,17 @@ from pathlib import Path
 import onnx
 
 from builder import metadata
-from builder.errors import ArtifactError, UnsupportedError
+from builder.accuracy import Report
+from builder.errors import ArtifactError
 from builder.graph import build
+from builder.quantize import QuantizeOptions
 from builder.spec import Spec
 from builder.triton import config_pbtxt
+from builder.variants import Calibration, make_variant
 
 VERSION_DIR = "1"
 MODEL_FILE = "model.onnx"
 CONFIG_FILE = "config.pbtxt"
-SUPPORTED_VARIANTS = ("fp32",)
 
 
 def model_name(spec_name: str, variant: str) -> str:
@@ -39,13 +41,14 @@ def model_path(repository: Path, name: str) -> Path:
 
 @dataclass(frozen=True)
 class Artifact:
-    """A model built in memory, ready to be written."""
+    """A model built in memory, ready to be written; variants carry their measured report."""
 
     spec: Spec
     variant: str
     name: str
     model: bytes
     config: str
+    report: Report | None = None
 
 
 @dataclass(frozen=True)
@@ -55,22 +58,64 @@ class Written:
     changed: bool  # False when the repository already held exactly these bytes
 
 
-def artifacts(spec: Spec, variants: Sequence[str] | None = None) -> list[Artifact]:
-    """Build every requested variant of ``spec`` in memory (default: the spec's own list)."""
-    field = "variants" if variants is None else "--variants"
+def quantize_options(spec: Spec, **overrides: object) -> QuantizeOptions:
+    """The spec's ``quantization:`` settings with any non-None overrides (flags) applied."""
+    settings = spec.document.quantization
+    chosen = {
+        "method": settings.method,
+        "per_channel": settings.per_channel,
+        "reduce_range": settings.reduce_range,
+    }
+    chosen.update({key: value for key, value in overrides.items() if value is not None})
+    return QuantizeOptions(**chosen)  # type: ignore[arg-type]
+
+
+def calibration_file(spec: Spec, given: Path | None) -> Path | None:
+    """The flag's file, else the spec's ``quantization.calibration`` (relative to the spec)."""
+    if given is not None or spec.document.quantization.calibration is None:
+        return given
+    base = spec.path.parent if spec.path else Path.cwd()
+    return base / spec.document.quantization.calibration
+
+
+def artifacts(
+    spec: Spec,
+    variants: Sequence[str] | None = None,
+    calibration: Path | None = None,
+    options: QuantizeOptions | None = None,
+) -> tuple[list[Artifact], list[Report]]:
+    """Build every requested variant of ``spec`` in memory (default: the spec's own list).
+
+    Returns the artifacts to write and the reports of variants refused for their budget.
+    """
     wanted = list(spec.document.variants if variants is None else variants)
-    unsupported = [variant for variant in wanted if variant not in SUPPORTED_VARIANTS]
-    if unsupported:
-        raise UnsupportedError(
-            f"{spec.path or spec.name}: {field}: {', '.join(unsupported)} cannot be built yet; "
-            f"this version of onnxforge builds only {', '.join(SUPPORTED_VARIANTS)}"
-        )
-    built = []
+    fp32 = build(spec)
+    built: list[Artifact] = []
+    refused: list[Report] = []
+    rows: Calibration | None = None
     for variant in wanted:
         name = model_name(spec.name, variant)
-        model = build(spec, variant).SerializeToString()
-        built.append(Artifact(spec, variant, name, model, config_pbtxt(spec, name)))
-    return built
+        if variant == "fp32":
+            built.append(
+                Artifact(spec, variant, name, fp32.SerializeToString(), config_pbtxt(spec, name))
+            )
+            continue
+        rows = rows or Calibration.for_spec(spec, calibration_file(spec, calibration))
+        made = make_variant(spec, fp32, variant, name, rows, options or quantize_options(spec))
+        if made.model is None:
+            refused.append(made.report)
+        else:
+            built.append(
+                Artifact(
+                    spec,
+                    variant,
+                    name,
+                    made.model.SerializeToString(),
+                    config_pbtxt(spec, name),
+                    made.report,
+                )
+            )
+    return built, refused
 
 
 def write(repository: Path, built: Iterable[Artifact]) -> list[Written]:
@@ -82,6 +127,11 @@ def write(repository: Path, built: Iterable[Artifact]) -> list[Written]:
         changed |= _write_if_changed(path.parent.parent / CONFIG_FILE, artifact.config.encode())
         results.append(Written(artifact, path, changed))
     return results
+
+
+def write_file(path: Path, data: bytes) -> bool:
+    """Write ``data`` atomically unless ``path`` already holds exactly these bytes."""
+    return _write_if_changed(path, data)
 
 
 def _write_if_changed(path: Path, data: bytes) -> bool:

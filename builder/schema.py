@@ -259,6 +259,15 @@ class Serving(StrictModel):
     instances: PositiveInt = 1
 
 
+class Quantization(StrictModel):
+    """How int8 variants are made; command-line flags override these."""
+
+    calibration: str | None = None  # .npy rows for int8-static, relative to the spec file
+    method: Literal["minmax", "entropy", "percentile"] = "minmax"
+    per_channel: bool = False
+    reduce_range: bool = False
+
+
 Variant = Literal[VARIANTS]  # type: ignore[valid-type]
 
 
@@ -277,6 +286,7 @@ class Document(StrictModel):
     layers: Annotated[list[LayerConfig], Field(min_length=1)]
     variants: Annotated[list[Variant], Field(min_length=1)] = ["fp32"]
     budget: dict[Variant, Budget] = {}
+    quantization: Quantization = Quantization()
     serving: Serving = Serving()
 
     @field_validator("variants")

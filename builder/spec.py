@@ -18,6 +18,7 @@ from types import MappingProxyType
 import numpy as np
 
 from builder import runtime
+from builder.activations import CLASSIFIER_ACTIVATIONS
 from builder.errors import SpecError
 from builder.schema import (
     Activation,
@@ -118,6 +119,11 @@ class Spec:
     @property
     def output_names(self) -> tuple[str, ...]:
         return (self.output_name, *(layer.name for layer in self.exposed))
+
+    def is_classifier(self, output: str) -> bool:
+        """Whether ``output`` holds class scores (softmax / log_softmax): argmax means a label."""
+        activation = self.output_layer(output).activation
+        return activation is not None and activation.name in CLASSIFIER_ACTIVATIONS
 
     def output_layer(self, output: str) -> Layer:
         """The layer whose result a graph output carries."""

@@ -172,7 +172,7 @@ def spec_text(mean: Sequence[float], std: Sequence[float], test_accuracy: float)
         f"     std: {yaml_floats(std, ' ' * 11)}}}\n"
         "  - {type: dense, name: hidden, units: 32, activation: relu}\n"
         "  - {type: dense, units: 10, activation: softmax}\n"
-        "variants: [fp32]\n"
+        "variants: [fp32, fp16, int8-dynamic, int8-static]\n"
         "serving: {max_batch_size: 64, max_queue_delay_us: 500, instances: 1}\n"
     )
 

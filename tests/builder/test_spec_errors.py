@@ -137,8 +137,6 @@ def files_under(folder: Path) -> dict[Path, bytes]:
     return {path: path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
 
 
-UNSUPPORTED = ("fp16 cannot be built yet", "only fp32")
-
 CASES = [
     # --- layer types, activations -------------------------------------------------------
     pytest.param(
@@ -674,23 +672,6 @@ CASES = [
         ),
         id="variant-listed-twice",
     ),
-    pytest.param(
-        Bad(mlp_document(variants=["fp32", "fp16"]), field="variants", reason=UNSUPPORTED),
-        id="variant-unsupported-in-spec",
-    ),
-    pytest.param(
-        Bad(mlp_document(), field="--variants", reason=UNSUPPORTED, args=("--variants", "fp16")),
-        id="variant-unsupported-flag",
-    ),
-    pytest.param(
-        Bad(
-            mlp_document(),
-            field="--variants",
-            reason=UNSUPPORTED,
-            args=("--variants", "fp32,fp16"),
-        ),
-        id="variant-unsupported-flag-beside-fp32",
-    ),
 ]
 
 
@@ -728,17 +709,19 @@ def test_good_spec_is_not_written_when_a_later_spec_is_bad(
     assert_nothing_written(repository)
 
 
-def test_good_spec_is_not_written_when_a_later_spec_asks_for_an_unsupported_variant(
+def test_good_spec_is_not_written_when_a_later_spec_has_bad_calibration_rows(
     tmp_path: Path, write_spec: Callable[..., Path], run_cli: Callable[..., CliResult]
 ) -> None:
-    # The second spec is valid; it fails only when its artifacts are built.
+    # The second spec is valid; its calibration file fails only when its variants are made.
     good = write_spec(mlp_document(name="good"))
-    later = write_spec(mlp_document(name="later", variants=["fp32", "int8-dynamic"]))
+    rows = tmp_path / "rows.npy"
+    np.save(rows, np.zeros((20, 5), np.float32))  # the model takes 4 features
+    later = write_spec(mlp_document(
+        name="later", variants=["fp32", "int8-static"], quantization={"calibration": str(rows)}
+    ))
     repository = tmp_path / "repo"
     result = run_cli("build", good, later, "--repository", repository)
-    assert_one_line_error(
-        result, later, field="variants", reason=("int8-dynamic cannot be built yet", "only fp32")
-    )
+    assert_one_line_error(result, rows, reason=("shape (20, 5) does not fit", "expected (N, 4)"))
     assert_nothing_written(repository)
 
 

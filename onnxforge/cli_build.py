@@ -1,0 +1,309 @@
+"""``onnxforge build`` and ``onnxforge verify``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+from rich.table import Table
+
+from onnxforge.cli_common import (
+    EXIT_FAILED,
+    console,
+    find_specs,
+    json_option,
+    load_all,
+    parse_variants,
+    quantization_options,
+    repository_option,
+    specs_argument,
+)
+
+if TYPE_CHECKING:
+    from builder.accuracy import Report
+    from builder.verify import ModelCheck, VariantCheck
+
+
+@click.command()
+@specs_argument
+@repository_option
+@click.option("--variants", help="Comma-separated variants to build (default: the spec's list).")
+@quantization_options
+@click.option(
+    "--report",
+    "report_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Also write every variant's measured figures to this JSON file.",
+)
+@json_option
+def build(
+    specs: tuple[Path, ...],
+    repository: Path,
+    variants: str | None,
+    calibration: Path | None,
+    calibration_method: str | None,
+    per_channel: bool | None,
+    reduce_range: bool | None,
+    report_file: Path | None,
+    as_json: bool,
+) -> None:
+    """Build SPEC files (default: every <name>/spec.yaml in the repository) into the repository.
+
+    Quantized variants are measured on held-out rows against the NumPy reference and are not
+    written when they miss their budget (exit 1).
+    """
+    from builder.repository import artifacts, quantize_options, write
+    from builder.variants import refusal_message
+
+    chosen = parse_variants(variants)
+    loaded = load_all(find_specs(specs, repository))
+    # Build everything in memory before writing anything: a bad spec or file leaves no trace.
+    built, refused = [], []
+    for spec in loaded:
+        options = quantize_options(
+            spec, method=calibration_method, per_channel=per_channel, reduce_range=reduce_range
+        )
+        made, missed = artifacts(spec, chosen, calibration, options)
+        built += made
+        refused += [(spec, report) for report in missed]
+    results = write(repository, built)
+    rows: list[dict[str, Any]] = [
+        {
+            "model": result.artifact.name,
+            "variant": result.artifact.variant,
+            "status": "written" if result.changed else "unchanged",
+            "bytes": len(result.artifact.model),
+            "path": str(result.path),
+            "accuracy": result.artifact.report.as_dict() if result.artifact.report else None,
+        }
+        for result in results
+    ]
+    rows += [
+        {
+            "model": report.model,
+            "variant": report.variant,
+            "status": "refused",
+            "bytes": None,
+            "path": None,
+            "accuracy": report.as_dict(),
+        }
+        for _, report in refused
+    ]
+    if report_file is not None:
+        report_file.write_text(json.dumps(rows, indent=2, sort_keys=True) + "\n")
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+    else:
+        _print_build(rows, repository)
+    for spec, report in refused:
+        click.echo(f"onnxforge: {refusal_message(report, str(spec.path or spec.name))}", err=True)
+    if refused:
+        raise SystemExit(EXIT_FAILED)
+
+
+def _print_build(rows: list[dict[str, Any]], repository: Path) -> None:
+    table = Table(
+        "model",
+        "variant",
+        "status",
+        "bytes",
+        "max abs err",
+        "cosine",
+        "argmax agr.",
+        caption="errors: the variant vs the fp32 NumPy reference on held-out rows",
+        title=f"onnxforge build -> {repository}/<model>/1/model.onnx",
+    )
+    for row in rows:
+        figures = _main_figures(row["accuracy"])
+        table.add_row(
+            str(row["model"]),
+            str(row["variant"]),
+            "[red]REFUSED[/red]" if row["status"] == "refused" else str(row["status"]),
+            "-" if row["bytes"] is None else f"{row['bytes']:,}",
+            *figures,
+        )
+    console().print(table)
+
+
+def _main_figures(accuracy: dict[str, Any] | None) -> list[str]:
+    if accuracy is None:
+        return ["-", "-", "-"]
+    main = accuracy["outputs"][accuracy["checked_output"]]
+    agreement = main["argmax_agreement"]
+    return [
+        f"{main['max_abs']:.3g}",
+        f"{main['cosine']:.5f}",
+        "-" if agreement is None else f"{agreement:.4f}",
+    ]
+
+
+@click.command()
+@specs_argument
+@repository_option
+@click.option(
+    "--samples",
+    type=click.IntRange(min=1),
+    default=256,
+    show_default=True,
+    help="Seeded random rows drawn from the spec's input distribution.",
+)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option(
+    "--input",
+    "input_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Also check on these rows (.npy, shape (N, *input shape)).",
+)
+@click.option(
+    "--atol",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Absolute tolerance for fp32 files (default 1e-5).",
+)
+@click.option(
+    "--rtol",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Relative tolerance for fp32 files (default 1e-4).",
+)
+@json_option
+def verify(
+    specs: tuple[Path, ...],
+    repository: Path,
+    samples: int,
+    seed: int,
+    input_file: Path | None,
+    atol: float | None,
+    rtol: float | None,
+    as_json: bool,
+) -> None:
+    """Run every built model and variant in ONNX Runtime against the NumPy reference.
+
+    fp32 files must match to float32 precision; variants must stay inside their budget.
+    """
+    import numpy as np
+
+    from builder import verify as checks
+
+    fp32_checks: list[ModelCheck] = []
+    variant_checks: list[VariantCheck] = []
+    for spec in load_all(find_specs(specs, repository)):
+        inputs = checks.sample_inputs(spec, samples, seed)
+        if input_file is not None:
+            inputs = np.concatenate([inputs, checks.load_inputs(input_file, spec)])
+        fp32_checks.append(
+            checks.verify_model(
+                spec,
+                repository,
+                "fp32",
+                inputs,
+                checks.DEFAULT_ATOL if atol is None else atol,
+                checks.DEFAULT_RTOL if rtol is None else rtol,
+            )
+        )
+        variant_checks += [
+            checks.verify_variant(spec, repository, variant, inputs)
+            for variant in spec.document.variants
+            if variant != "fp32"
+        ]
+    if as_json:
+        click.echo(
+            json.dumps(
+                [*map(_check_json, fp32_checks), *map(_variant_json, variant_checks)], indent=2
+            )
+        )
+    else:
+        _print_checks(fp32_checks)
+        if variant_checks:
+            _print_variants(variant_checks)
+    if not all(check.ok for check in [*fp32_checks, *variant_checks]):
+        raise SystemExit(EXIT_FAILED)
+
+
+def _check_json(result: ModelCheck) -> dict[str, Any]:
+    return {
+        "model": result.model,
+        "variant": result.variant,
+        "path": str(result.path),
+        "samples": result.samples,
+        "ok": result.ok,
+        "problem": result.problem,
+        "outputs": [vars(check) for check in result.outputs],
+    }
+
+
+def _variant_json(result: VariantCheck) -> dict[str, Any]:
+    report: Report | None = result.report
+    return {
+        "model": result.model,
+        "variant": result.variant,
+        "path": str(result.path),
+        "ok": result.ok,
+        "problem": result.problem,
+        "accuracy": report.as_dict() if report else None,
+    }
+
+
+def _print_checks(results: list[ModelCheck]) -> None:
+    out = console()
+    for result in results:
+        title = f"{result.model} ({result.variant}): {result.samples} samples vs NumPy reference"
+        if result.problem:
+            out.print(f"[bold]{result.model}[/bold] ({result.variant}): FAIL: {result.problem}")
+            continue
+        table = Table(
+            "output", "max abs err", "max rel err", "argmax agreement", "result", title=title
+        )
+        for check in result.outputs:
+            agreement = "-" if check.argmax_agreement is None else f"{check.argmax_agreement:.4f}"
+            table.add_row(
+                check.output,
+                f"{check.max_abs:.3g}",
+                f"{check.max_rel:.3g}",
+                agreement,
+                "ok" if check.ok else "[red]OVER TOLERANCE[/red]",
+            )
+        out.print(table)
+
+
+def _print_variants(results: list[VariantCheck]) -> None:
+    out = console()
+    table = Table(
+        "model",
+        "variant",
+        "max abs err",
+        "mean abs err",
+        "cosine",
+        "argmax agr.",
+        "result",
+        title="variants vs the fp32 NumPy reference (budget on the output)",
+    )
+    for result in results:
+        if result.report is None:
+            table.add_row(
+                result.model,
+                result.variant,
+                "-",
+                "-",
+                "-",
+                "-",
+                f"[red]FAIL[/red]: {result.problem}",
+            )
+            continue
+        main = result.report.outputs[result.report.checked_output]
+        agreement = "-" if main.argmax_agreement is None else f"{main.argmax_agreement:.4f}"
+        verdict = (
+            "ok" if result.ok else "[red]OVER BUDGET[/red]: " + "; ".join(result.report.failures)
+        )
+        table.add_row(
+            result.model,
+            result.variant,
+            f"{main.max_abs:.3g}",
+            f"{main.mean_abs:.3g}",
+            f"{main.cosine:.5f}",
+            agreement,
+            verdict,
+        )
+    out.print(table)
