@@ -6,8 +6,8 @@
   (``quantize_dynamic``: DynamicQuantizeLinear + MatMulInteger).
 * ``int8-static``: QDQ format with activation scales calibrated on data (``quantize_static``).
 
-Only ``MatMul`` is quantized: it holds nearly all the compute and all the weights, and
-leaving its output in float (``OpTypesToExcludeOutputQuantization``) lets ONNX Runtime fuse
+Only ``MatMul`` (and ``Gemm``, common in files from other exporters) is quantized: they hold
+nearly all the compute and all the weights, and leaving their output in float (``OpTypesToExcludeOutputQuantization``) lets ONNX Runtime fuse
 each ``DequantizeLinear -> MatMul`` into an integer matrix product with a float result
 instead of re-quantizing, which costs accuracy and saves nothing.
 """
@@ -64,9 +64,11 @@ class _Batches(CalibrationDataReader):
     """Feeds calibration rows to ONNX Runtime's calibrator in fixed-size batches."""
 
     def __init__(self, input_name: str, rows: np.ndarray) -> None:
+        # Equal batches: ORT's histogram calibrators (entropy, percentile) stack the batches
+        # into one array and fail on a shorter last batch.
+        size = max(d for d in range(1, CALIBRATION_BATCH + 1) if len(rows) % d == 0)
         self._batches: Iterator[dict[str, np.ndarray]] = iter(
-            {input_name: rows[start : start + CALIBRATION_BATCH]}
-            for start in range(0, len(rows), CALIBRATION_BATCH)
+            {input_name: rows[start : start + size]} for start in range(0, len(rows), size)
         )
 
     def get_next(self) -> dict[str, np.ndarray] | None:
@@ -90,7 +92,7 @@ def quantize(
     with tempfile.TemporaryDirectory(prefix="onnxforge-quantize-") as folder, _quiet_root_log():
         out = Path(folder) / "quantized.onnx"
         common = {
-            "op_types_to_quantize": ["MatMul"],
+            "op_types_to_quantize": ["MatMul", "Gemm"],
             "per_channel": options.per_channel,
             "reduce_range": options.reduce_range,
             "weight_type": QuantType.QInt8,
@@ -109,7 +111,7 @@ def quantize(
                     quant_format=QuantFormat.QDQ,
                     activation_type=QuantType.QUInt8,
                     calibrate_method=CALIBRATION_METHODS[options.method],
-                    extra_options={"OpTypesToExcludeOutputQuantization": ["MatMul"]},
+                    extra_options={"OpTypesToExcludeOutputQuantization": ["MatMul", "Gemm"]},
                     **common,
                 )
         else:

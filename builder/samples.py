@@ -43,10 +43,12 @@ def load_rows(path: Path, shape: Sequence[int | None], what: str) -> np.ndarray:
             raise SpecError(file, "", "", "not a .npy file (save rows with numpy.save)")
     try:
         array = np.load(path, allow_pickle=False)
-    except ValueError:
-        raise SpecError(
-            file, "", "", "holds Python objects (pickled), which are never loaded"
-        ) from None
+    except ValueError as error:
+        if "allow_pickle" in str(error):
+            raise SpecError(
+                file, "", "", "holds Python objects (pickled), which are never loaded"
+            ) from None
+        raise SpecError(file, "", "", f"not a readable .npy array: {error}") from None
     except (OSError, EOFError) as error:
         raise SpecError(file, "", "", f"not a readable .npy array: {error}") from None
     if array.ndim == len(shape) and _fits(array.shape, shape):
