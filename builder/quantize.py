@@ -7,9 +7,10 @@
 * ``int8-static``: QDQ format with activation scales calibrated on data (``quantize_static``).
 
 Only ``MatMul`` (and ``Gemm``, common in files from other exporters) is quantized: they hold
-nearly all the compute and all the weights, and leaving their output in float (``OpTypesToExcludeOutputQuantization``) lets ONNX Runtime fuse
-each ``DequantizeLinear -> MatMul`` into an integer matrix product with a float result
-instead of re-quantizing, which costs accuracy and saves nothing.
+nearly all the compute and all the weights. Their outputs stay in float
+(``OpTypesToExcludeOutputQuantization``), so ONNX Runtime fuses each
+``DequantizeLinear -> MatMul`` into an integer matrix product with a float result instead
+of re-quantizing, which would cost accuracy and save nothing.
 """
 
 from __future__ import annotations
