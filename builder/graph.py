@@ -123,6 +123,8 @@ def _dense(g: _Graph, layer: Layer, x: str, prefix: str, layout: str) -> str:
     if layout == "out_in":
         weight = weight.T  # stored as (in, out) so that MatMul needs no Transpose node
     summed = g.node("MatMul", [x, g.constant(f"{prefix}/weight", weight)], f"{prefix}/MatMul")
+    if "bias" not in layer.params:
+        return _activate(g, layer.activated(), summed, prefix)
     biased = g.node(
         "Add", [summed, g.constant(f"{prefix}/bias", layer.params["bias"])], f"{prefix}/Add"
     )

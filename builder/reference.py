@@ -80,7 +80,9 @@ def _dense(layer: Layer, x: np.ndarray, layout: str) -> np.ndarray:
     weight = _param(layer, "weight")
     # out_in is PyTorch's nn.Linear: y = x W^T + b.
     summed = x @ weight if layout == "in_out" else x @ weight.T
-    return activate(layer.activated(), summed + _param(layer, "bias"))
+    if "bias" in layer.params:
+        summed = summed + _param(layer, "bias")
+    return activate(layer.activated(), summed)
 
 
 def _batchnorm(layer: Layer, x: np.ndarray, layout: str) -> np.ndarray:

@@ -142,6 +142,7 @@ class DenseLayer(StrictModel):
     units: PositiveInt
     activation: ActivationField = IDENTITY
     init: Literal[INIT_SCHEMES] = "glorot_uniform"  # type: ignore[valid-type]
+    use_bias: bool = True  # false: no bias parameter (PyTorch bias=False, Keras use_bias=False)
 
 
 class ActivationLayer(StrictModel):
@@ -154,12 +155,15 @@ class BatchNormLayer(StrictModel):
     type: Literal["batchnorm"]
     name: LayerName | None = None
     epsilon: PositiveFloat = 1e-5
+    affine: bool = True  # false: no scale and bias parameters (PyTorch affine=False)
 
 
 class LayerNormLayer(StrictModel):
     type: Literal["layernorm"]
     name: LayerName | None = None
     epsilon: PositiveFloat = 1e-5
+    affine: bool = True  # false: no scale and bias (PyTorch elementwise_affine=False)
+    use_bias: bool = True  # false: a scale but no bias (PyTorch bias=False)
 
 
 class DropoutLayer(StrictModel):

@@ -163,6 +163,7 @@ def resolve(document: Document, path: Path | None = None) -> Spec:
             params = default_params(
                 config.type, shapes, init, document.seed, index, document.weight_layout
             )
+        params = {**_fixed_params(config, shape), **params}
         if isinstance(config, NormalizeLayer):
             params = _normalize_params(config, shape[-1], file, label)
         for array in params.values():
@@ -202,19 +203,33 @@ def _layer_names(document: Document, file: str) -> list[str]:
 def _shapes(
     config: LayerConfig, shape: tuple[int, ...], layout: str, file: str, label: str
 ) -> tuple[tuple[int, ...], dict[str, tuple[int, ...]]]:
-    """The layer's output shape and the shape of each of its parameters."""
+    """The layer's output shape and the shape of each parameter it reads (or initialises)."""
     if isinstance(config, DenseLayer):
         weight = (shape[-1], config.units) if layout == "in_out" else (config.units, shape[-1])
-        return (*shape[:-1], config.units), {"weight": weight, "bias": (config.units,)}
+        shapes = {"weight": weight, "bias": (config.units,)}
+        return (*shape[:-1], config.units), _owned(shapes, bias=config.use_bias)
     if isinstance(config, BatchNormLayer):
         # ONNX and PyTorch normalise the channel axis, axis 1 of (batch, channels, ...).
-        channels = (shape[0],)
-        return shape, {name: channels for name in PARAMS["batchnorm"]}
+        shapes = {name: (shape[0],) for name in PARAMS["batchnorm"]}
+        return shape, _owned(shapes, scale=config.affine, bias=config.affine)
     if isinstance(config, LayerNormLayer):
-        return shape, {name: (shape[-1],) for name in PARAMS["layernorm"]}
+        shapes = {name: (shape[-1],) for name in PARAMS["layernorm"]}
+        return shape, _owned(shapes, scale=config.affine, bias=config.affine and config.use_bias)
     if isinstance(config, FlattenLayer):
         return (math.prod(shape),), {}
     return shape, {}
+
+
+def _owned(shapes: dict[str, tuple[int, ...]], **kept: bool) -> dict[str, tuple[int, ...]]:
+    return {name: shape for name, shape in shapes.items() if kept.get(name, True)}
+
+
+def _fixed_params(config: LayerConfig, shape: tuple[int, ...]) -> dict[str, np.ndarray]:
+    """The neutral scale and bias of a layer declared without them (``affine: false``)."""
+    if isinstance(config, BatchNormLayer | LayerNormLayer):
+        size = shape[0] if isinstance(config, BatchNormLayer) else shape[-1]
+        return {"scale": np.ones(size, np.float32), "bias": np.zeros(size, np.float32)}
+    return {}
 
 
 def _layout_note(config: LayerConfig, layout: str) -> str:

@@ -84,7 +84,10 @@ def default_params(
         weight = dense_weight(init, fan_in, fan_out, seed, index)
         if weight_layout == "out_in":
             weight = np.ascontiguousarray(weight.T)
-        return {"weight": weight, "bias": np.zeros(shapes["bias"], np.float32)}
+        params = {"weight": weight}
+        if "bias" in shapes:
+            params["bias"] = np.zeros(shapes["bias"], np.float32)
+        return params
     ones = {"scale", "var"}
     return {
         name: (np.ones if name in ones else np.zeros)(shape, np.float32)
@@ -111,6 +114,15 @@ class WeightsFile:
     ) -> dict[str, np.ndarray]:
         """The parameters of one layer, checked for presence, dtype, shape and finiteness."""
         found = self._keys_of(layer_label, layer_name, layer_type)
+        for param, key in found.items():
+            if param not in shapes:
+                raise SpecError(
+                    self.spec_file,
+                    layer_label,
+                    param,
+                    f"{self.file_name} holds '{key}', but the layer is declared without {param} "
+                    "(use_bias: false or affine: false)",
+                )
         params = {}
         for param, shape in shapes.items():
             if param not in found:

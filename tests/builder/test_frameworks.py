@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import yaml
 
-from builder import SpecError, build, load_spec, reference, runtime
+from builder import build, load_spec, reference, runtime
 from builder.spec import Spec
 
 FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "torch_mlp"
@@ -271,18 +271,25 @@ def test_onnx_default_hard_sigmoid_is_not_pytorchs(write_spec: Callable[..., Pat
 
 
 TORCH_WITHOUT_AFFINE: dict[str, tuple[Callable[[Any], Any], dict[str, Any]]] = {
-    "linear-bias-false": (lambda nn: nn.Linear(4, 3, bias=False), {"type": "dense", "units": 3}),
-    "batchnorm-affine-false": (lambda nn: nn.BatchNorm1d(4, affine=False), {"type": "batchnorm"}),
-    "layernorm-bias-false": (lambda nn: nn.LayerNorm(4, bias=False), {"type": "layernorm"}),
+    "linear-bias-false": (
+        lambda nn: nn.Linear(4, 3, bias=False),
+        {"type": "dense", "units": 3, "use_bias": False},
+    ),
+    "batchnorm-affine-false": (
+        lambda nn: nn.BatchNorm1d(4, affine=False),
+        {"type": "batchnorm", "affine": False},
+    ),
+    "layernorm-no-affine": (
+        lambda nn: nn.LayerNorm(4, elementwise_affine=False),
+        {"type": "layernorm", "affine": False},
+    ),
+    "layernorm-bias-false": (
+        lambda nn: nn.LayerNorm(4, bias=False),
+        {"type": "layernorm", "use_bias": False},
+    ),
 }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=SpecError,
-    reason="gap: a state dict without a bias/affine parameter is refused ('missing key'), "
-    "although torch treats the missing parameter as zero bias / unit scale",
-)
 @pytest.mark.parametrize("module", list(TORCH_WITHOUT_AFFINE), ids=list(TORCH_WITHOUT_AFFINE))
 def test_torch_modules_without_optional_parameters(
     module: str, write_spec: Callable[..., Path]

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from builder import load_spec, reference
+from builder import SpecError, build, load_spec, reference
 from tests.builder.cases import Case, layer_cases
 from tests.builder.runs import assert_close, run_onnx
 
@@ -81,3 +81,43 @@ def test_seeded_initialisation_is_deterministic_and_scaled(
     np.testing.assert_array_equal(first.layers[0].params["bias"], np.zeros(300))
     other = load_spec(write_spec({**document, "seed": 6}))
     assert not np.array_equal(other.layers[0].params["weight"], he)
+
+
+def test_layers_without_bias_or_affine_parameters(write_spec: Callable[..., Path]) -> None:
+    rng = np.random.default_rng(2)
+    document = {
+        "name": "plain",
+        "input": {"shape": [5]},
+        "layers": [
+            {"type": "dense", "units": 4, "use_bias": False, "activation": "tanh"},
+            {"type": "batchnorm", "affine": False},
+            {"type": "layernorm", "use_bias": False},
+        ],
+    }
+    weights = {
+        "0.weight": rng.normal(size=(5, 4)).astype(np.float32),
+        "1.running_mean": rng.normal(size=4).astype(np.float32),
+        "1.running_var": rng.uniform(0.5, 2, size=4).astype(np.float32),
+        "2.weight": rng.normal(size=4).astype(np.float32),
+    }
+    spec = load_spec(write_spec(document, weights))
+    model = build(spec)
+    assert [n.op_type for n in model.graph.node][:2] == ["MatMul", "Tanh"]  # no Add for no bias
+    x = rng.normal(size=(6, 5)).astype(np.float32)
+    h = np.tanh(x.astype(np.float64) @ weights["0.weight"])
+    h = (h - weights["1.running_mean"]) / np.sqrt(weights["1.running_var"] + 1e-5)
+    h = (h - h.mean(-1, keepdims=True)) / np.sqrt(h.var(-1, keepdims=True) + 1e-5)
+    want = h * weights["2.weight"]
+    np.testing.assert_allclose(reference.forward(spec, x), want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(run_onnx(spec, x)["output"], want, rtol=1e-5, atol=1e-5)
+
+
+def test_a_parameter_the_layer_does_not_take_is_refused(write_spec: Callable[..., Path]) -> None:
+    document = {
+        "name": "plain",
+        "input": {"shape": [5]},
+        "layers": [{"type": "dense", "units": 4, "use_bias": False}],
+    }
+    weights = {"0.weight": np.ones((5, 4), np.float32), "0.bias": np.ones(4, np.float32)}
+    with pytest.raises(SpecError, match=r"holds '0.bias', but the layer is declared without bias"):
+        load_spec(write_spec(document, weights))
