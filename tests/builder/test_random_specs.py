@@ -43,6 +43,7 @@ def layer_list(draw: st.DrawFn, rank: int) -> list[dict[str, Any]]:
             layer["units"] = draw(st.integers(1, 12))
             layer["activation"] = draw(st.sampled_from(ACTIVATIONS))
             layer["init"] = draw(st.sampled_from(["glorot_uniform", "he_normal", "lecun_normal"]))
+            layer["use_bias"] = draw(st.booleans())
         elif kind == "activation":
             layer["activation"] = draw(st.sampled_from(ACTIVATIONS))
         elif kind == "dropout":
@@ -52,6 +53,7 @@ def layer_list(draw: st.DrawFn, rank: int) -> list[dict[str, Any]]:
             layer["std"] = draw(st.floats(0.1, 4))
         elif kind in ("batchnorm", "layernorm"):
             layer["epsilon"] = draw(st.sampled_from([1e-5, 1e-3]))
+            layer["affine"] = draw(st.booleans())
         if draw(st.booleans()):
             layer["name"] = f"l{len(layers)}"
         layers.append(layer)
@@ -80,6 +82,8 @@ def _with_random_weights(document: dict[str, Any], folder: Path, seed: int) -> S
         for key, value in layer.params.items():
             if layer.type == "normalize":
                 continue  # normalize takes mean/std from the spec itself
+            if key in ("scale", "bias") and getattr(layer.config, "affine", True) is False:
+                continue  # neutral values the layer fills in itself
             drawn = rng.normal(size=value.shape)
             if key == "var":
                 drawn = np.abs(drawn) + 0.1
