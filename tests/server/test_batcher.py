@@ -1,0 +1,192 @@
+"""The dynamic batcher: merged runs, every caller gets exactly its own rows and outputs."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Mapping, Sequence
+
+import grpc
+import numpy as np
+import pytest
+
+from server.batcher import Batcher, BatchStats
+from server.errors import QueueFull, ServingError
+
+WEIGHT = np.random.default_rng(0).normal(size=(3, 4))
+
+
+def model(inputs: Mapping[str, np.ndarray], outputs: Sequence[str]) -> dict[str, np.ndarray]:
+    """Two outputs that depend on each row alone, like a network's forward pass."""
+    x = inputs["x"]
+    every = {"product": x @ WEIGHT, "total": x.sum(axis=1, keepdims=True)}
+    return {name: every[name] for name in outputs}
+
+
+class Gate:
+    """A run function that records batch sizes and can be held closed."""
+
+    def __init__(self) -> None:
+        self.open = threading.Event()
+        self.open.set()
+        self.batches: list[int] = []
+        self.started = threading.Event()
+
+    def __call__(self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str]) -> dict:
+        self.started.set()
+        self.open.wait(10)
+        self.batches.append(len(inputs["x"]))
+        return model(inputs, outputs)
+
+
+def test_concurrent_clients_each_get_their_own_rows_and_outputs() -> None:
+    stats: list[BatchStats] = []
+
+    async def scenario() -> int:
+        batcher = Batcher(
+            "m", model, max_batch_size=16, max_queue_delay_us=2000, on_batch=stats.append
+        )
+        rng = np.random.default_rng(1)
+        requests = []
+        for i in range(300):
+            rows = int(rng.integers(1, 6))
+            x = rng.normal(size=(rows, 3)) + i  # distinct values per client
+            wanted = [["product"], ["total"], ["product", "total"]][i % 3]
+            requests.append((x, wanted))
+
+        async def client(x: np.ndarray, wanted: list[str]) -> None:
+            await asyncio.sleep(float(rng.uniform(0, 0.01)))
+            got = await batcher.submit({"x": x}, wanted)
+            assert set(got) == set(wanted)
+            expected = model({"x": x}, wanted)
+            for name in wanted:
+                # BLAS may round a row differently inside a bigger matrix: ulps, not mix-ups.
+                np.testing.assert_allclose(got[name], expected[name], rtol=1e-12, atol=1e-12)
+
+        await asyncio.gather(*(client(x, wanted) for x, wanted in requests))
+        await batcher.close()
+        return sum(len(x) for x, _ in requests)
+
+    total_rows = asyncio.run(scenario())
+    assert sum(s.rows for s in stats) == total_rows
+    assert max(s.rows for s in stats) <= 16
+    assert any(s.requests > 1 for s in stats), "nothing was ever merged"
+    assert sum(s.requests for s in stats) == 300
+
+
+def test_a_lone_request_does_not_wait_for_the_delay() -> None:
+    async def scenario() -> dict[str, np.ndarray]:
+        batcher = Batcher("m", model, max_batch_size=64, max_queue_delay_us=60_000_000)
+        try:
+            # A one-minute delay must not apply when nothing else is queued.
+            return await asyncio.wait_for(batcher.submit({"x": np.ones((1, 3))}, ["total"]), 10)
+        finally:
+            await batcher.close()
+
+    assert asyncio.run(scenario())["total"].tolist() == [[3.0]]
+
+
+def test_requests_queued_behind_a_running_batch_are_merged() -> None:
+    gate = Gate()
+
+    async def scenario() -> None:
+        batcher = Batcher("m", gate, max_batch_size=64, max_queue_delay_us=0)
+        gate.open.clear()
+        first = asyncio.create_task(batcher.submit({"x": np.ones((2, 3))}, ["total"]))
+        await asyncio.to_thread(gate.started.wait, 10)
+        waiting = [
+            asyncio.create_task(batcher.submit({"x": np.full((k, 3), k)}, ["total"]))
+            for k in (1, 2, 3)
+        ]
+        await asyncio.sleep(0.05)
+        gate.open.set()
+        results = await asyncio.gather(first, *waiting)
+        assert [r["total"][:, 0].tolist() for r in results[1:]] == [[3.0], [6.0, 6.0], [9.0] * 3]
+        await batcher.close()
+
+    asyncio.run(scenario())
+    assert gate.batches == [2, 6]
+
+
+def test_queue_is_bounded() -> None:
+    gate = Gate()
+
+    async def scenario() -> None:
+        batcher = Batcher("m", gate, max_batch_size=1, max_queue_delay_us=0, max_queue=2)
+        gate.open.clear()
+        running = asyncio.create_task(batcher.submit({"x": np.ones((1, 3))}, ["total"]))
+        await asyncio.to_thread(gate.started.wait, 10)
+        queued = [
+            asyncio.create_task(batcher.submit({"x": np.ones((1, 3))}, ["total"])) for _ in range(2)
+        ]
+        await asyncio.sleep(0.01)
+        with pytest.raises(QueueFull) as refused:
+            await batcher.submit({"x": np.ones((1, 3))}, ["total"])
+        assert refused.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        gate.open.set()
+        await asyncio.gather(running, *queued)
+        await batcher.close()
+
+    asyncio.run(scenario())
+
+
+def test_cancelled_and_expired_requests_leave_the_queue_unrun() -> None:
+    gate = Gate()
+
+    async def scenario() -> None:
+        batcher = Batcher("m", gate, max_batch_size=64, max_queue_delay_us=0)
+        gate.open.clear()
+        running = asyncio.create_task(batcher.submit({"x": np.ones((1, 3))}, ["total"]))
+        await asyncio.to_thread(gate.started.wait, 10)
+        cancelled = asyncio.create_task(batcher.submit({"x": np.ones((5, 3))}, ["total"]))
+        expired = asyncio.create_task(
+            batcher.submit({"x": np.ones((7, 3))}, ["total"], deadline=time.monotonic() + 0.01)
+        )
+        kept = asyncio.create_task(batcher.submit({"x": np.ones((2, 3))}, ["total"]))
+        await asyncio.sleep(0.05)
+        cancelled.cancel()
+        gate.open.set()
+        await running
+        assert (await kept)["total"].shape == (2, 1)
+        with pytest.raises(ServingError) as late:
+            await expired
+        assert late.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert cancelled.cancelled()
+        assert batcher.queued == 0
+        await batcher.close()
+
+    asyncio.run(scenario())
+    assert gate.batches == [1, 2]  # neither the 5 cancelled nor the 7 expired rows ran
+
+
+def test_an_exception_reaches_every_request_of_the_batch() -> None:
+    def broken(inputs: Mapping[str, np.ndarray], outputs: Sequence[str]) -> dict:
+        raise RuntimeError("session failed")
+
+    async def scenario() -> list[BaseException]:
+        batcher = Batcher("m", broken, max_batch_size=8, max_queue_delay_us=1000)
+        tasks = [batcher.submit({"x": np.ones((1, 3))}, ["total"]) for _ in range(5)]
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        await batcher.close()
+        return [r for r in results if isinstance(r, BaseException)]
+
+    errors = asyncio.run(scenario())
+    assert len(errors) == 5 and all("session failed" in str(e) for e in errors)
+
+
+def test_a_request_larger_than_the_batch_runs_alone_and_close_drains() -> None:
+    gate = Gate()
+
+    async def scenario() -> None:
+        batcher = Batcher("m", gate, max_batch_size=4, max_queue_delay_us=0)
+        tasks = [
+            asyncio.create_task(batcher.submit({"x": np.ones((n, 3))}, ["total"]))
+            for n in (10, 1, 1)
+        ]
+        await asyncio.sleep(0)
+        await batcher.close()  # must finish what was queued
+        assert [len((await t)["total"]) for t in tasks] == [10, 1, 1]
+
+    asyncio.run(scenario())
+    assert gate.batches[0] == 10 and sum(gate.batches) == 12
