@@ -7,10 +7,11 @@
 * ``int8-static``: QDQ format with activation scales calibrated on data (``quantize_static``).
 
 Only ``MatMul`` (and ``Gemm``, common in files from other exporters) is quantized: they hold
-nearly all the compute and all the weights. Their outputs stay in float
-(``OpTypesToExcludeOutputQuantization``), so ONNX Runtime fuses each
-``DequantizeLinear -> MatMul`` into an integer matrix product with a float result instead
-of re-quantizing, which would cost accuracy and save nothing.
+nearly all the compute and all the weights. Their outputs are not given a QDQ pair of their
+own (``OpTypesToExcludeOutputQuantization``): the file quantizes only what a MatMul reads.
+At load time ONNX Runtime fuses what it can (``DynamicQuantizeMatMul`` for int8-dynamic;
+``QGemm`` with bias and Relu absorbed for int8-static hidden layers) -- see
+``benchmarks/README.md`` for what runs on this CPU and how fast.
 """
 
 from __future__ import annotations
