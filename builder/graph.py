@@ -216,14 +216,14 @@ def build(spec: Spec) -> onnx.ModelProto:
         producer_version=_version(),
         doc_string=spec.document.description,
     )
-    metadata.set_props(
-        model,
-        {
-            metadata.SPEC_SHA256: spec.sha256,
-            metadata.VARIANT: "fp32",
-            metadata.VERSION: _version(),
-        },
-    )
+    props = {
+        metadata.SPEC_SHA256: spec.sha256,
+        metadata.VARIANT: "fp32",
+        metadata.VERSION: _version(),
+    }
+    if spec.document.input.allow_non_finite:
+        props[metadata.ALLOW_NON_FINITE] = "true"
+    metadata.set_props(model, props)
     model = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
     onnx.checker.check_model(model, full_check=True)
     return model

@@ -13,6 +13,7 @@ import onnx
 SPEC_SHA256 = "onnxforge.spec_sha256"
 VARIANT = "onnxforge.variant"
 VERSION = "onnxforge.version"
+ALLOW_NON_FINITE = "onnxforge.allow_non_finite"  # "true" when servers may pass NaN/Inf in
 ACCURACY = "onnxforge.accuracy"  # JSON: figures measured against the fp32 reference
 QUANTIZATION = "onnxforge.quantization"  # JSON: how the variant was made
 

@@ -242,6 +242,8 @@ class InputSpec(StrictModel):
     shape: Annotated[list[PositiveInt], Field(min_length=1)]
     dtype: Literal["float32"] = "float32"
     distribution: Distribution = Distribution(normal=NormalDistribution())
+    # A network cannot handle missing data: servers refuse NaN/Inf inputs unless this is true.
+    allow_non_finite: bool = False
 
 
 class OutputSpec(StrictModel):
