@@ -1,0 +1,270 @@
+"""The KServe v2 / Open Inference Protocol servicer: parse, call, convert -- nothing more.
+
+Every ``ServingError`` becomes its gRPC status here, in one place; anything else is a bug,
+logged with its traceback and answered INTERNAL without internals.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from onnxforge import __version__
+from server import convert, validate
+from server.errors import ServingError, Unavailable
+from server.generated import inference_pb2 as pb
+from server.generated import inference_pb2_grpc as pb_grpc
+from server.registry import PLATFORM, Registry, State
+from server.stats import Statistics
+
+log = logging.getLogger("onnxforge.server")
+EXTENSIONS = ["model_repository", "statistics", "model_repository(unload_dependents)"]
+
+Response = TypeVar("Response")
+
+
+def _answers(
+    method: Callable[..., Awaitable[Response]],
+) -> Callable[..., Awaitable[Response]]:
+    """Map ServingError to its status; log anything else and answer INTERNAL."""
+
+    @functools.wraps(method)
+    async def wrapper(
+        self: InferenceService, request: Any, context: grpc.aio.ServicerContext
+    ) -> Response:
+        try:
+            return await method(self, request, context)
+        except ServingError as error:
+            await context.abort(error.code, error.message)
+        except grpc.aio.AbortError:
+            raise
+        except Exception:
+            log.exception("unexpected error in %s", method.__name__)
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error (see the server log)")
+        raise AssertionError("unreachable")  # abort() always raises
+
+    return wrapper
+
+
+class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
+    """Answers every RPC of ``inference.GRPCInferenceService`` from a ``Registry``."""
+
+    def __init__(self, registry: Registry, statistics: Statistics) -> None:
+        self.registry = registry
+        self.statistics = statistics
+        self.draining = False
+
+    # ------------------------------------------------------------------ health
+
+    @_answers
+    async def ServerLive(
+        self, request: pb.ServerLiveRequest, context: Any
+    ) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=True)
+
+    @_answers
+    async def ServerReady(
+        self, request: pb.ServerReadyRequest, context: Any
+    ) -> pb.ServerReadyResponse:
+        ready = not self.draining and all(
+            entry.state == State.READY for entry in self.registry.entries.values()
+        )
+        return pb.ServerReadyResponse(ready=ready)
+
+    @_answers
+    async def ModelReady(
+        self, request: pb.ModelReadyRequest, context: Any
+    ) -> pb.ModelReadyResponse:
+        try:
+            self.registry.get(request.name, request.version)
+        except ServingError:
+            return pb.ModelReadyResponse(ready=False)
+        return pb.ModelReadyResponse(ready=not self.draining)
+
+    # ------------------------------------------------------------------ metadata
+
+    @_answers
+    async def ServerMetadata(
+        self, request: pb.ServerMetadataRequest, context: Any
+    ) -> pb.ServerMetadataResponse:
+        return pb.ServerMetadataResponse(
+            name="onnxforge", version=__version__, extensions=EXTENSIONS
+        )
+
+    @_answers
+    async def ModelMetadata(
+        self, request: pb.ModelMetadataRequest, context: Any
+    ) -> pb.ModelMetadataResponse:
+        version = self.registry.get(request.name, request.version)
+        entry = self.registry.entries[request.name]
+        # The protocol's metadata message has no free-form fields: precision and measured
+        # accuracy travel as response headers.
+        headers = [("x-onnxforge-variant", version.variant)]
+        if version.accuracy is not None:
+            headers.append(("x-onnxforge-accuracy", json.dumps(version.accuracy, sort_keys=True)))
+        await context.send_initial_metadata(headers)
+
+        def tensors(items: Any) -> list[pb.ModelMetadataResponse.TensorMetadata]:
+            return [
+                pb.ModelMetadataResponse.TensorMetadata(
+                    name=t.name, datatype=t.datatype, shape=list(t.shape)
+                )
+                for t in items.values()
+            ]
+
+        return pb.ModelMetadataResponse(
+            name=version.model,
+            versions=sorted(entry.versions, key=int),
+            platform=PLATFORM,
+            inputs=tensors(version.inputs),
+            outputs=tensors(version.outputs),
+        )
+
+    # ------------------------------------------------------------------ inference
+
+    async def _infer(
+        self, request: pb.ModelInferRequest, deadline: float | None
+    ) -> pb.ModelInferResponse:
+        if self.draining:
+            raise Unavailable("the server is shutting down")
+        version = self.registry.get(request.model_name, request.model_version)
+        started = time.monotonic_ns()
+        rows = 0
+        try:
+            arrays = convert.input_arrays(request)
+            datatypes = {tensor.name: tensor.datatype for tensor in request.inputs}
+            inputs = validate.model_inputs(version, arrays, datatypes)
+            outputs = validate.requested_outputs(version, [o.name for o in request.outputs])
+            rows = len(next(iter(inputs.values()))) if inputs else 0
+            results = await version.infer(inputs, outputs, deadline)
+            tensors, raw = convert.output_tensors(results, raw=bool(request.raw_input_contents))
+        except BaseException:
+            self.statistics.request(
+                version.model, version.version, False, time.monotonic_ns() - started, rows
+            )
+            raise
+        self.statistics.request(
+            version.model, version.version, True, time.monotonic_ns() - started, rows
+        )
+        return pb.ModelInferResponse(
+            model_name=version.model,
+            model_version=version.version,
+            id=request.id,
+            outputs=tensors,
+            raw_output_contents=raw,
+        )
+
+    @_answers
+    async def ModelInfer(
+        self, request: pb.ModelInferRequest, context: Any
+    ) -> pb.ModelInferResponse:
+        remaining = context.time_remaining()
+        deadline = None if remaining is None else time.monotonic() + remaining
+        return await self._infer(request, deadline)
+
+    async def ModelStreamInfer(
+        self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: Any
+    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        async for request in request_iterator:
+            try:
+                response = await self._infer(request, None)
+            except ServingError as error:
+                yield pb.ModelStreamInferResponse(error_message=error.message)
+                continue
+            except Exception:
+                log.exception("unexpected error in ModelStreamInfer")
+                yield pb.ModelStreamInferResponse(
+                    error_message="internal error (see the server log)"
+                )
+                continue
+            yield pb.ModelStreamInferResponse(infer_response=response)
+
+    # ------------------------------------------------------------------ repository
+
+    @_answers
+    async def RepositoryIndex(
+        self, request: pb.RepositoryIndexRequest, context: Any
+    ) -> pb.RepositoryIndexResponse:
+        known = dict.fromkeys([*self.registry.names(), *self.registry.entries])
+        models = []
+        for name in known:
+            entry = self.registry.entries.get(name)
+            state = entry.state.value if entry else State.UNAVAILABLE.value
+            if request.ready and state != State.READY.value:
+                continue
+            reason = entry.reason if entry else "not loaded"
+            versions = sorted(entry.versions, key=int) if entry and entry.versions else [""]
+            models += [
+                pb.RepositoryIndexResponse.ModelIndex(
+                    name=name, version=v, state=state, reason=reason
+                )
+                for v in versions
+            ]
+        return pb.RepositoryIndexResponse(models=models)
+
+    @_answers
+    async def RepositoryModelLoad(
+        self, request: pb.RepositoryModelLoadRequest, context: Any
+    ) -> pb.RepositoryModelLoadResponse:
+        entry = await self.registry.load(request.model_name)
+        if entry.state != State.READY:
+            raise ServingError(
+                f"model '{request.model_name}' failed to load: {entry.reason}",
+                grpc.StatusCode.INVALID_ARGUMENT,
+            )
+        return pb.RepositoryModelLoadResponse()
+
+    @_answers
+    async def RepositoryModelUnload(
+        self, request: pb.RepositoryModelUnloadRequest, context: Any
+    ) -> pb.RepositoryModelUnloadResponse:
+        await self.registry.unload(request.model_name)
+        return pb.RepositoryModelUnloadResponse()
+
+    @_answers
+    async def ModelStatistics(
+        self, request: pb.ModelStatisticsRequest, context: Any
+    ) -> pb.ModelStatisticsResponse:
+        if request.name:
+            self.registry.get(request.name, request.version)  # NOT_FOUND for unknown models
+        out = []
+        for (name, version), stats in sorted(self.statistics.models.items()):
+            if request.name and name != request.name:
+                continue
+            if request.version and version != request.version:
+                continue
+            out.append(
+                pb.ModelStatistics(
+                    name=name,
+                    version=version,
+                    last_inference=stats.last_inference_ms,
+                    inference_count=stats.inference_count,
+                    execution_count=stats.execution_count,
+                    inference_stats=pb.InferStatistics(
+                        success=pb.StatisticDuration(
+                            count=stats.success.count, ns=stats.success.ns
+                        ),
+                        fail=pb.StatisticDuration(count=stats.fail.count, ns=stats.fail.ns),
+                        queue=pb.StatisticDuration(count=stats.queue.count, ns=stats.queue.ns),
+                        compute_infer=pb.StatisticDuration(
+                            count=stats.compute_infer.count, ns=stats.compute_infer.ns
+                        ),
+                    ),
+                    batch_stats=[
+                        pb.InferBatchStatistics(
+                            batch_size=size,
+                            compute_infer=pb.StatisticDuration(
+                                count=duration.count, ns=duration.ns
+                            ),
+                        )
+                        for size, duration in sorted(stats.batches.items())
+                    ],
+                )
+            )
+        return pb.ModelStatisticsResponse(model_stats=out)

@@ -1,0 +1,60 @@
+"""Per-model statistics for ModelStatistics: real counts and times, in nanoseconds."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from server.batcher import BatchStats
+
+
+@dataclass
+class Duration:
+    count: int = 0
+    ns: int = 0
+
+    def add(self, ns: int, count: int = 1) -> None:
+        self.count += count
+        self.ns += ns
+
+
+@dataclass
+class ModelStats:
+    success: Duration = field(default_factory=Duration)
+    fail: Duration = field(default_factory=Duration)
+    queue: Duration = field(default_factory=Duration)
+    compute_infer: Duration = field(default_factory=Duration)
+    inference_count: int = 0  # rows answered
+    execution_count: int = 0  # session runs
+    last_inference_ms: int = 0
+    batches: dict[int, Duration] = field(default_factory=lambda: defaultdict(Duration))
+
+
+class Statistics:
+    """Thread-safe counters keyed by (model, version)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.models: dict[tuple[str, str], ModelStats] = defaultdict(ModelStats)
+
+    def request(self, model: str, version: str, ok: bool, ns: int, rows: int) -> None:
+        with self._lock:
+            stats = self.models[(model, version)]
+            (stats.success if ok else stats.fail).add(ns)
+            if ok:
+                stats.inference_count += rows
+            stats.last_inference_ms = int(time.time() * 1000)
+
+    def batch(self, model: str, version: str, batch: BatchStats) -> None:
+        with self._lock:
+            stats = self.models[(model, version)]
+            stats.execution_count += 1
+            for queued in batch.queue_ns:
+                stats.queue.add(queued)
+            stats.compute_infer.add(batch.compute_ns, batch.requests)
+            stats.batches[batch.rows].add(batch.compute_ns)
+
+    def unbatched(self, model: str, version: str, compute_ns: int, rows: int) -> None:
+        self.batch(model, version, BatchStats(1, rows, [0], compute_ns))
