@@ -716,9 +716,11 @@ def test_good_spec_is_not_written_when_a_later_spec_has_bad_calibration_rows(
     good = write_spec(mlp_document(name="good"))
     rows = tmp_path / "rows.npy"
     np.save(rows, np.zeros((20, 5), np.float32))  # the model takes 4 features
-    later = write_spec(mlp_document(
-        name="later", variants=["fp32", "int8-static"], quantization={"calibration": str(rows)}
-    ))
+    later = write_spec(
+        mlp_document(
+            name="later", variants=["fp32", "int8-static"], quantization={"calibration": str(rows)}
+        )
+    )
     repository = tmp_path / "repo"
     result = run_cli("build", good, later, "--repository", repository)
     assert_one_line_error(result, rows, reason=("shape (20, 5) does not fit", "expected (N, 4)"))
