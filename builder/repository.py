@@ -58,16 +58,19 @@ class Written:
     changed: bool  # False when the repository already held exactly these bytes
 
 
-def quantize_options(spec: Spec, **overrides: object) -> QuantizeOptions:
-    """The spec's ``quantization:`` settings with any non-None overrides (flags) applied."""
+def quantize_options(
+    spec: Spec,
+    method: str | None = None,
+    per_channel: bool | None = None,
+    reduce_range: bool | None = None,
+) -> QuantizeOptions:
+    """The spec's ``quantization:`` settings with any flags that were given laid over them."""
     settings = spec.document.quantization
-    chosen = {
-        "method": settings.method,
-        "per_channel": settings.per_channel,
-        "reduce_range": settings.reduce_range,
-    }
-    chosen.update({key: value for key, value in overrides.items() if value is not None})
-    return QuantizeOptions(**chosen)  # type: ignore[arg-type]
+    return QuantizeOptions(
+        method=settings.method if method is None else method,
+        per_channel=settings.per_channel if per_channel is None else per_channel,
+        reduce_range=settings.reduce_range if reduce_range is None else reduce_range,
+    )
 
 
 def calibration_file(spec: Spec, given: Path | None) -> Path | None:

@@ -218,7 +218,7 @@ def verify(
         _print_checks(fp32_checks)
         if variant_checks:
             _print_variants(variant_checks)
-    if not all(check.ok for check in [*fp32_checks, *variant_checks]):
+    if not (all(c.ok for c in fp32_checks) and all(c.ok for c in variant_checks)):
         raise SystemExit(EXIT_FAILED)
 
 

@@ -9,10 +9,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
 
 from server.generated import inference_pb2_grpc as pb_grpc
-from server.registry import Registry
-from server.service import InferenceService
+from server.metrics import Metrics
+from server.registry import Registry, State
+from server.service import SERVICE_NAME, HealthServicer, InferenceService
 from server.stats import Statistics
 
 log = logging.getLogger("onnxforge.server")
@@ -28,6 +31,7 @@ class Settings:
     max_queue: int = 1024  # requests waiting per model before RESOURCE_EXHAUSTED
     max_message_bytes: int = 64 * 1024 * 1024
     grace_seconds: float = 10.0
+    metrics_port: int | None = 8002  # None: no metrics endpoint; 0 picks a free port
 
 
 @dataclass
@@ -36,17 +40,23 @@ class Running:
     port: int
     service: InferenceService
     registry: Registry
+    metrics: Metrics
+    metrics_port: int | None
 
     async def stop(self, grace: float) -> None:
         """Stop accepting, let in-flight requests finish (up to ``grace`` s), close models."""
         self.service.draining = True
+        if self.service.health is not None:
+            await self.service.health.enter_graceful_shutdown()
         await self.server.stop(grace)
         await self.registry.close()
+        self.metrics.stop()
 
 
 async def create_server(settings: Settings) -> Running:
     """Load the repository and start serving; returns the server and the port it bound."""
-    statistics = Statistics()
+    metrics = Metrics()
+    statistics = Statistics(metrics)
     registry = Registry(
         settings.repository,
         threads=settings.threads,
@@ -55,25 +65,45 @@ async def create_server(settings: Settings) -> Running:
         on_batch=statistics.batch,
     )
     await registry.load_all()
-    service = InferenceService(registry, statistics)
+    health = HealthServicer()
+    service = InferenceService(registry, statistics, health)
+    await service.sync_health()
     options = [
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_send_message_length", settings.max_message_bytes),
     ]
     server = grpc.aio.server(options=options)
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(service, server)
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    # Reflection lets grpcurl and other tools work without the .proto file.
+    reflection.enable_server_reflection(
+        [
+            SERVICE_NAME,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ],
+        server,
+    )
     port = server.add_insecure_port(f"{settings.host}:{settings.port}")
     if port == 0:
         raise OSError(f"cannot bind {settings.host}:{settings.port}")
     await server.start()
+    metrics_port = None
+    if settings.metrics_port is not None:
+        metrics_port = metrics.start(settings.host, settings.metrics_port)
+    metrics.models_loaded.set_function(
+        lambda: sum(entry.state == State.READY for entry in registry.entries.values())
+    )
+    where = f"http://{settings.host}:{metrics_port}/metrics" if metrics_port else "off"
     log.info(
-        "serving %d model(s) from %s on %s:%d",
+        "serving %d model(s) from %s on %s:%d (metrics: %s)",
         len(registry.entries),
         settings.repository,
         settings.host,
         port,
+        where,
     )
-    return Running(server, port, service, registry)
+    return Running(server, port, service, registry, metrics, metrics_port)
 
 
 async def serve(settings: Settings) -> None:

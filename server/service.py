@@ -6,6 +6,7 @@ logged with its traceback and answered INTERNAL without internals.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import logging
@@ -14,6 +15,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
+from grpc_health.v1 import health_pb2
+from grpc_health.v1._async import HealthServicer  # what grpc_health.v1.health.aio names
 
 from onnxforge import __version__
 from server import convert, validate
@@ -24,6 +27,7 @@ from server.registry import PLATFORM, Registry, State
 from server.stats import Statistics
 
 log = logging.getLogger("onnxforge.server")
+SERVICE_NAME = "inference.GRPCInferenceService"
 EXTENSIONS = ["model_repository", "statistics", "model_repository(unload_dependents)"]
 
 Response = TypeVar("Response")
@@ -55,10 +59,32 @@ def _answers(
 class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     """Answers every RPC of ``inference.GRPCInferenceService`` from a ``Registry``."""
 
-    def __init__(self, registry: Registry, statistics: Statistics) -> None:
+    def __init__(
+        self, registry: Registry, statistics: Statistics, health: HealthServicer | None = None
+    ) -> None:
         self.registry = registry
         self.statistics = statistics
+        self.health = health
         self.draining = False
+
+    def ready(self) -> bool:
+        return not self.draining and all(
+            entry.state == State.READY for entry in self.registry.entries.values()
+        )
+
+    async def sync_health(self) -> None:
+        """gRPC health: "" for the whole server, and one service name per model."""
+        if self.health is None:
+            return
+        serving, not_serving = (
+            health_pb2.HealthCheckResponse.SERVING,
+            health_pb2.HealthCheckResponse.NOT_SERVING,
+        )
+        await self.health.set("", serving if self.ready() else not_serving)
+        await self.health.set(SERVICE_NAME, serving if self.ready() else not_serving)
+        for name, entry in self.registry.entries.items():
+            ok = entry.state == State.READY and not self.draining
+            await self.health.set(name, serving if ok else not_serving)
 
     # ------------------------------------------------------------------ health
 
@@ -72,10 +98,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     async def ServerReady(
         self, request: pb.ServerReadyRequest, context: Any
     ) -> pb.ServerReadyResponse:
-        ready = not self.draining and all(
-            entry.state == State.READY for entry in self.registry.entries.values()
-        )
-        return pb.ServerReadyResponse(ready=ready)
+        return pb.ServerReadyResponse(ready=self.ready())
 
     @_answers
     async def ModelReady(
@@ -136,6 +159,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         version = self.registry.get(request.model_name, request.model_version)
         started = time.monotonic_ns()
         rows = 0
+        status = "UNKNOWN"
         try:
             arrays = convert.input_arrays(request)
             datatypes = {tensor.name: tensor.datatype for tensor in request.inputs}
@@ -144,14 +168,16 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             rows = len(next(iter(inputs.values()))) if inputs else 0
             results = await version.infer(inputs, outputs, deadline)
             tensors, raw = convert.output_tensors(results, raw=bool(request.raw_input_contents))
-        except BaseException:
-            self.statistics.request(
-                version.model, version.version, False, time.monotonic_ns() - started, rows
-            )
+            status = "OK"
+        except ServingError as error:
+            status = error.code.name
             raise
-        self.statistics.request(
-            version.model, version.version, True, time.monotonic_ns() - started, rows
-        )
+        except asyncio.CancelledError:
+            status = "CANCELLED"
+            raise
+        finally:
+            elapsed = time.monotonic_ns() - started
+            self.statistics.request(version.model, version.version, status, elapsed, rows)
         return pb.ModelInferResponse(
             model_name=version.model,
             model_version=version.version,
@@ -224,7 +250,8 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     async def RepositoryModelUnload(
         self, request: pb.RepositoryModelUnloadRequest, context: Any
     ) -> pb.RepositoryModelUnloadResponse:
-        await self.registry.unload(request.model_name)
+        await self.registry.unload(request.model_name or request.repository_name)
+        await self.sync_health()
         return pb.RepositoryModelUnloadResponse()
 
     @_answers

@@ -8,6 +8,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from server.batcher import BatchStats
+from server.metrics import Metrics
 
 
 @dataclass
@@ -35,11 +36,17 @@ class ModelStats:
 class Statistics:
     """Thread-safe counters keyed by (model, version)."""
 
-    def __init__(self) -> None:
+    def __init__(self, metrics: Metrics | None = None) -> None:
         self._lock = threading.Lock()
         self.models: dict[tuple[str, str], ModelStats] = defaultdict(ModelStats)
+        self.metrics = metrics
 
-    def request(self, model: str, version: str, ok: bool, ns: int, rows: int) -> None:
+    def request(self, model: str, version: str, status: str, ns: int, rows: int) -> None:
+        """One answered request; ``status`` is the gRPC status name ("OK", "NOT_FOUND", ...)."""
+        ok = status == "OK"
+        if self.metrics is not None:
+            self.metrics.requests.labels(model, status).inc()
+            self.metrics.request_seconds.labels(model).observe(ns / 1e9)
         with self._lock:
             stats = self.models[(model, version)]
             (stats.success if ok else stats.fail).add(ns)
@@ -48,6 +55,11 @@ class Statistics:
             stats.last_inference_ms = int(time.time() * 1000)
 
     def batch(self, model: str, version: str, batch: BatchStats) -> None:
+        if self.metrics is not None:
+            for queued in batch.queue_ns:
+                self.metrics.queue_seconds.labels(model).observe(queued / 1e9)
+            self.metrics.compute_seconds.labels(model).observe(batch.compute_ns / 1e9)
+            self.metrics.batch_rows.labels(model).observe(batch.rows)
         with self._lock:
             stats = self.models[(model, version)]
             stats.execution_count += 1

@@ -74,7 +74,8 @@ def make_repository(folder: Path) -> Path:
 @pytest.fixture(scope="session")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
     repository = make_repository(tmp_path_factory.mktemp("served"))
-    server = ServerThread(Settings(repository=repository, port=0, threads=1)).start()
+    settings = Settings(repository=repository, port=0, threads=1, metrics_port=0)
+    server = ServerThread(settings).start()
     yield server
     server.stop()
 

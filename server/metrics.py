@@ -1,0 +1,86 @@
+"""Prometheus metrics, served over HTTP on ``--metrics-port``.
+
+Each server has a registry of its own (tests run several servers in one process).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+# Seconds: from 50 us to 10 s, roughly x2.5 apart.
+LATENCY_BUCKETS = (
+    5e-5,
+    1e-4,
+    2.5e-4,
+    5e-4,
+    1e-3,
+    2.5e-3,
+    5e-3,
+    1e-2,
+    2.5e-2,
+    5e-2,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "onnxforge_requests",
+            "Inference requests by model and gRPC status.",
+            ["model", "status"],
+            registry=self.registry,
+        )
+        self.request_seconds = Histogram(
+            "onnxforge_request_seconds",
+            "Time from receiving a request to answering it.",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.queue_seconds = Histogram(
+            "onnxforge_queue_seconds",
+            "Time a request waited for its batch to start.",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.compute_seconds = Histogram(
+            "onnxforge_compute_seconds",
+            "Time of one session.run.",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.batch_rows = Histogram(
+            "onnxforge_batch_rows",
+            "Rows per session.run.",
+            ["model"],
+            buckets=BATCH_BUCKETS,
+            registry=self.registry,
+        )
+        self.models_loaded = Gauge(
+            "onnxforge_models_loaded",
+            "Models in the READY state.",
+            registry=self.registry,
+        )
+
+    def start(self, host: str, port: int) -> int:
+        """Serve /metrics; returns the bound port (``port=0`` picks one)."""
+        server, _ = start_http_server(port, addr=host, registry=self.registry)
+        self._server = server
+        return int(server.server_port)
+
+    def stop(self) -> None:
+        server = getattr(self, "_server", None)
+        if server is not None:
+            server.shutdown()
+            server.server_close()
