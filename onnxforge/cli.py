@@ -16,6 +16,7 @@ from onnxforge import __version__
 from onnxforge.cli_build import build, verify
 from onnxforge.cli_common import EXIT_USAGE
 from onnxforge.cli_quantize import quantize
+from onnxforge.cli_serve import bench, infer, serve
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -24,7 +25,7 @@ def cli() -> None:
     """Build, verify, quantize and serve feed-forward networks as ONNX models."""
 
 
-for command in (build, verify, quantize):
+for command in (build, verify, quantize, serve, infer, bench):
     cli.add_command(command)
 
 

@@ -1,0 +1,266 @@
+"""``onnxforge serve``, ``onnxforge infer`` and ``onnxforge bench``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.table import Table
+
+from onnxforge.cli_common import console, json_option
+
+url_option = click.option(
+    "--url", default="127.0.0.1:8001", show_default=True, help="Server address host:port."
+)
+
+
+def _connection(url: str) -> Any:
+    from server.client import Connection
+
+    return Connection(url)
+
+
+@click.command()
+@click.argument(
+    "repository", type=click.Path(path_type=Path, file_okay=False), default=Path("models")
+)
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(0, 65535), default=8001, show_default=True)
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    default=8002,
+    show_default=True,
+    help="Prometheus /metrics over HTTP.",
+)
+@click.option("--no-metrics", is_flag=True, help="Do not serve /metrics.")
+@click.option(
+    "--threads",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="ONNX Runtime intra-op threads per session (0: its own choice).",
+)
+@click.option("--no-build", is_flag=True, help="Do not build missing or stale models.")
+@click.option(
+    "--max-queue",
+    type=click.IntRange(min=1),
+    default=1024,
+    show_default=True,
+    help="Requests waiting per model before RESOURCE_EXHAUSTED.",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="info",
+    show_default=True,
+)
+@click.option(
+    "--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True
+)
+def serve(
+    repository: Path,
+    host: str,
+    port: int,
+    metrics_port: int,
+    no_metrics: bool,
+    threads: int,
+    no_build: bool,
+    max_queue: int,
+    log_level: str,
+    log_format: str,
+) -> None:
+    """Serve every model in REPOSITORY over gRPC (KServe v2 / Open Inference Protocol).
+
+    Missing or stale models are built from their spec first. SIGTERM or SIGINT stops
+    accepting requests, finishes those in flight, and exits 0.
+    """
+    from server import logs
+    from server.app import Settings
+    from server.app import serve as run
+
+    if not repository.is_dir():
+        raise click.BadParameter(f"{repository} is not a folder", param_hint="REPOSITORY")
+    logs.configure(log_level, log_format)
+    settings = Settings(
+        repository=repository,
+        host=host,
+        port=port,
+        threads=threads,
+        build_missing=not no_build,
+        max_queue=max_queue,
+        metrics_port=None if no_metrics else metrics_port,
+    )
+    try:
+        asyncio.run(run(settings))
+    except OSError as error:
+        raise click.ClickException(f"cannot serve on {host}:{port}: {error}") from None
+
+
+def _named_arrays(pairs: tuple[str, ...]) -> dict[str, Any]:
+    import numpy as np
+
+    arrays = {}
+    for pair in pairs:
+        name, _, file = pair.partition("=")
+        if not name or not file:
+            raise click.BadParameter(f"expected NAME=FILE.npy, got {pair!r}", param_hint="--input")
+        try:
+            arrays[name] = np.load(file, allow_pickle=False)
+        except (OSError, ValueError) as error:
+            raise click.BadParameter(f"{file}: {error}", param_hint="--input") from None
+    return arrays
+
+
+@click.command()
+@click.argument("model")
+@click.option(
+    "--input",
+    "inputs",
+    multiple=True,
+    required=True,
+    metavar="NAME=FILE.npy",
+    help="An input tensor (repeat for several inputs).",
+)
+@click.option("--output", "outputs", multiple=True, help="Only these outputs (repeatable).")
+@click.option("--version", "model_version", default="", help="Model version (default newest).")
+@url_option
+@click.option("--timeout", type=float, default=30.0, show_default=True, help="Seconds.")
+@click.option(
+    "--save",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Write each output to DIR/<name>.npy.",
+)
+@json_option
+def infer(
+    model: str,
+    inputs: tuple[str, ...],
+    outputs: tuple[str, ...],
+    model_version: str,
+    url: str,
+    timeout: float,
+    save: Path | None,
+    as_json: bool,
+) -> None:
+    """Send one inference request and print the outputs."""
+    import grpc
+    import numpy as np
+
+    from server.client import InferenceClient
+
+    arrays = _named_arrays(inputs)
+    with InferenceClient(url) as client:
+        try:
+            results = client.infer(model, arrays, outputs, model_version, timeout=timeout)
+        except grpc.RpcError as error:
+            raise click.ClickException(f"{error.code().name}: {error.details()}") from None
+    if save is not None:
+        save.mkdir(parents=True, exist_ok=True)
+        for name, array in results.items():
+            np.save(save / f"{name}.npy", array)
+    if as_json:
+        click.echo(json.dumps({name: array.tolist() for name, array in results.items()}))
+        return
+    table = Table(
+        "output", "dtype", "shape", "values", "argmax (per row)", title=f"{model} @ {url}"
+    )
+    for name, array in results.items():
+        argmax = (
+            ", ".join(map(str, array.argmax(axis=-1).tolist()[:16]))
+            if array.ndim == 2 and array.shape[1] > 1
+            else "-"
+        )
+        preview = np.array2string(array.ravel()[:6], precision=4, separator=", ")
+        table.add_row(name, str(array.dtype), str(list(array.shape)), preview, argmax)
+    console().print(table)
+
+
+def _concurrencies(text: str) -> list[int]:
+    try:
+        levels = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        levels = []
+    if not levels or min(levels) < 1:
+        raise click.BadParameter(
+            f"expected positive integers like 1,8,32, got {text!r}", param_hint="--concurrency"
+        )
+    return levels
+
+
+@click.command()
+@click.argument("model")
+@click.option(
+    "--concurrency",
+    default="1,8,32",
+    show_default=True,
+    help="Comma-separated numbers of concurrent clients.",
+)
+@click.option(
+    "--duration",
+    type=click.FloatRange(min=0.1),
+    default=5.0,
+    show_default=True,
+    help="Seconds per concurrency level.",
+)
+@click.option(
+    "--rows", type=click.IntRange(min=1), default=1, show_default=True, help="Rows per request."
+)
+@url_option
+@click.option(
+    "--plot",
+    "plot_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Write a PNG of throughput and latency.",
+)
+@json_option
+def bench(
+    model: str,
+    concurrency: str,
+    duration: float,
+    rows: int,
+    url: str,
+    plot_file: Path | None,
+    as_json: bool,
+) -> None:
+    """Load a running server: throughput and p50/p90/p99 latency per concurrency."""
+    import grpc
+
+    from server.bench import plot, run_level
+
+    levels = []
+    for clients in _concurrencies(concurrency):
+        try:
+            levels.append(asyncio.run(run_level(_connection(url), model, clients, duration, rows)))
+        except grpc.aio.AioRpcError as error:
+            raise click.ClickException(f"{error.code().name}: {error.details()}") from None
+    if plot_file is not None:
+        plot(levels, model, str(plot_file))
+    if as_json:
+        click.echo(json.dumps([level.as_dict() for level in levels], indent=2))
+        return
+    table = Table(
+        "clients",
+        "requests",
+        "errors",
+        "req/s",
+        "rows/s",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        title=f"onnxforge bench {model} @ {url} ({duration:g} s per level)",
+    )
+    for level in levels:
+        table.add_row(
+            str(level.concurrency),
+            str(level.requests),
+            str(level.errors),
+            f"{level.throughput_rps:,.0f}",
+            f"{level.rows_per_second:,.0f}",
+            f"{level.p50_ms:.2f}",
+            f"{level.p90_ms:.2f}",
+            f"{level.p99_ms:.2f}",
+        )
+    console().print(table)
