@@ -46,11 +46,17 @@ class Running:
     async def stop(self, grace: float) -> None:
         """Stop accepting, let in-flight requests finish (up to ``grace`` s), close models."""
         self.service.draining = True
+        in_flight, cut_before = self.service.in_flight, self.service.cut_off
         if self.service.health is not None:
             await self.service.health.enter_graceful_shutdown()
         await self.server.stop(grace)
         await self.registry.close()
         self.metrics.stop()
+        log.info(
+            "stopped: %d request(s) were in flight, %d cut off",
+            in_flight,
+            self.service.cut_off - cut_before,
+        )
 
 
 async def create_server(settings: Settings) -> Running:

@@ -66,6 +66,8 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         self.statistics = statistics
         self.health = health
         self.draining = False
+        self.in_flight = 0  # requests between arrival and answer
+        self.cut_off = 0  # requests cancelled while being served (client gone, or shutdown)
 
     def ready(self) -> bool:
         return not self.draining and all(
@@ -160,6 +162,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         started = time.monotonic_ns()
         rows = 0
         status = "UNKNOWN"
+        self.in_flight += 1
         try:
             arrays = convert.input_arrays(request)
             datatypes = {tensor.name: tensor.datatype for tensor in request.inputs}
@@ -174,8 +177,10 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             raise
         except asyncio.CancelledError:
             status = "CANCELLED"
+            self.cut_off += 1
             raise
         finally:
+            self.in_flight -= 1
             elapsed = time.monotonic_ns() - started
             self.statistics.request(version.model, version.version, status, elapsed, rows)
         return pb.ModelInferResponse(

@@ -1,0 +1,190 @@
+"""``onnxforge serve`` as a user runs it: a real process, infer and bench against it, SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from builder import load_spec, reference
+from tests.conftest import MODELS, REPO_ROOT
+
+
+class ServeProcess:
+    def __init__(self, repository: Path, *extra: str) -> None:
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "onnxforge",
+                "serve",
+                str(repository),
+                "--port",
+                "0",
+                "--metrics-port",
+                "0",
+                "--threads",
+                "1",
+                *extra,
+            ],
+            cwd=REPO_ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.lines: list[str] = []
+        self.closed = threading.Event()  # the output reader reached the end
+        self.port = self._wait_for_port()
+
+    def _wait_for_port(self) -> int:
+        assert self.process.stdout is not None
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            line = self.process.stdout.readline()
+            if not line:
+                break
+            self.lines.append(line)
+            found = re.search(r"serving \d+ model\(s\) from .* on 127\.0\.0\.1:(\d+)", line)
+            if found:
+                threading.Thread(target=self._drain, daemon=True).start()
+                return int(found.group(1))
+        raise AssertionError("server did not start:\n" + "".join(self.lines))
+
+    def _drain(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.append(line)
+        self.closed.set()
+
+    @property
+    def url(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def stop(self) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(60)
+
+
+@pytest.fixture(scope="module")
+def serving(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
+    repository = tmp_path_factory.mktemp("repo")
+    for name in ("digits-mlp", "wide-mlp"):
+        (repository / name).mkdir()
+        for file in (MODELS / name).glob("*"):
+            if file.suffix in (".yaml", ".npz"):
+                shutil.copy(file, repository / name / file.name)
+    (repository / "wide-mlp" / "spec.yaml").write_text(
+        (MODELS / "wide-mlp" / "spec.yaml")
+        .read_text()
+        .replace("variants: [fp32, fp16, int8-dynamic, int8-static]", "variants: [fp32]")
+    )
+    server = ServeProcess(repository)
+    yield server
+    if server.process.poll() is None:
+        server.process.kill()
+        server.process.wait(30)
+    server.closed.wait(10)
+    assert server.process.stdout is not None
+    server.process.stdout.close()
+
+
+def test_infer_command_against_a_running_server(
+    serving: ServeProcess, run_cli: Callable[..., Any], tmp_path: Path
+) -> None:
+    x = np.random.default_rng(0).uniform(size=(4, 64)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    result = run_cli(
+        "infer",
+        "digits-mlp",
+        "--input",
+        f"x={tmp_path / 'x.npy'}",
+        "--url",
+        serving.url,
+        "--save",
+        tmp_path / "out",
+        "--json",
+    )
+    assert result.code == 0, result.err
+    want = reference.run(load_spec(MODELS / "digits-mlp" / "spec.yaml"), x)
+    got = json.loads(result.out)
+    np.testing.assert_allclose(np.asarray(got["probabilities"]), want["probabilities"], atol=1e-6)
+    np.testing.assert_allclose(np.load(tmp_path / "out" / "hidden.npy"), want["hidden"], atol=1e-5)
+    missing = run_cli("infer", "nope", "--input", f"x={tmp_path / 'x.npy'}", "--url", serving.url)
+    assert missing.code == 2 and "NOT_FOUND: model 'nope' not found" in missing.err
+
+
+def test_bench_command_reports_every_level(
+    serving: ServeProcess, run_cli: Callable[..., Any], tmp_path: Path
+) -> None:
+    result = run_cli(
+        "bench",
+        "digits-mlp",
+        "--url",
+        serving.url,
+        "--concurrency",
+        "1,4",
+        "--duration",
+        "0.5",
+        "--json",
+    )
+    assert result.code == 0, result.err
+    levels = json.loads(result.out)
+    assert [level["concurrency"] for level in levels] == [1, 4]
+    for level in levels:
+        assert level["errors"] == 0 and level["requests"] > 0
+        assert level["p50_ms"] <= level["p90_ms"] <= level["p99_ms"]
+        assert level["throughput_rps"] == pytest.approx(level["requests"] / level["seconds"])
+
+
+def test_sigterm_finishes_in_flight_requests_and_exits_0(serving: ServeProcess) -> None:
+    import grpc
+
+    from server.client import InferenceClient
+
+    spec = load_spec(MODELS / "wide-mlp" / "spec.yaml")
+    answered: list[float] = []
+    errors: list[grpc.RpcError] = []
+
+    def client(seed: int) -> None:
+        x = np.random.default_rng(seed).normal(size=(64, 512)).astype(np.float32)
+        want = reference.forward(spec, x)
+        with InferenceClient(serving.url) as inference:
+            while True:  # until the server goes away: SIGTERM lands mid-traffic
+                try:
+                    got = inference.infer("wide-mlp", {"x": x}, timeout=60)["probabilities"]
+                except grpc.RpcError as error:
+                    errors.append(error)
+                    return
+                answered.append(float(np.abs(got - want).max()))
+
+    threads = [threading.Thread(target=client, args=(seed,)) for seed in range(6)]
+    for thread in threads:
+        thread.start()
+    while len(answered) < 20:
+        time.sleep(0.01)
+    code = serving.stop()
+    for thread in threads:
+        thread.join(60)
+    assert code == 0, "".join(serving.lines)
+    assert "shutting down: finishing in-flight requests" in "".join(serving.lines)
+    assert max(answered) < 1e-5  # every answer, including those during shutdown, is right
+    # Every request the server had accepted was answered; none was cut off.
+    stopped = re.search(
+        r"stopped: (\d+) request\(s\) were in flight, (\d+) cut off", "".join(serving.lines)
+    )
+    assert stopped is not None and stopped.group(2) == "0", "".join(serving.lines)
+    # Requests sent after the stop never reached a model: refused by the draining server
+    # (UNAVAILABLE) or by the closing transport before dispatch (CANCELLED, UNAVAILABLE).
+    assert len(errors) == 6
+    assert {e.code() for e in errors} <= {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED}
