@@ -52,6 +52,14 @@ def _connection(url: str) -> Any:
     show_default=True,
     help="Requests waiting per model before RESOURCE_EXHAUSTED.",
 )
+@click.option("--watch", is_flag=True, help="Reload models whose files or spec change.")
+@click.option(
+    "--watch-interval",
+    type=click.FloatRange(min=0.1),
+    default=1.0,
+    show_default=True,
+    help="Seconds between looks at the repository.",
+)
 @click.option(
     "--log-level",
     type=click.Choice(["debug", "info", "warning", "error"]),
@@ -70,6 +78,8 @@ def serve(
     threads: int,
     no_build: bool,
     max_queue: int,
+    watch: bool,
+    watch_interval: float,
     log_level: str,
     log_format: str,
 ) -> None:
@@ -93,6 +103,7 @@ def serve(
         build_missing=not no_build,
         max_queue=max_queue,
         metrics_port=None if no_metrics else metrics_port,
+        watch_seconds=watch_interval if watch else None,
     )
     try:
         asyncio.run(run(settings))

@@ -17,6 +17,7 @@ from server.metrics import Metrics
 from server.registry import Registry, State
 from server.service import SERVICE_NAME, HealthServicer, InferenceService
 from server.stats import Statistics
+from server.watch import Watcher
 
 log = logging.getLogger("onnxforge.server")
 
@@ -32,6 +33,7 @@ class Settings:
     max_message_bytes: int = 64 * 1024 * 1024
     grace_seconds: float = 10.0
     metrics_port: int | None = 8002  # None: no metrics endpoint; 0 picks a free port
+    watch_seconds: float | None = None  # poll the repository for changes this often
 
 
 @dataclass
@@ -42,10 +44,13 @@ class Running:
     registry: Registry
     metrics: Metrics
     metrics_port: int | None
+    watcher: asyncio.Task[None] | None = None
 
     async def stop(self, grace: float) -> None:
         """Stop accepting, let in-flight requests finish (up to ``grace`` s), close models."""
         self.service.draining = True
+        if self.watcher is not None:
+            self.watcher.cancel()
         in_flight, cut_before = self.service.in_flight, self.service.cut_off
         if self.service.health is not None:
             await self.service.health.enter_graceful_shutdown()
@@ -109,7 +114,11 @@ async def create_server(settings: Settings) -> Running:
         port,
         where,
     )
-    return Running(server, port, service, registry, metrics, metrics_port)
+    running = Running(server, port, service, registry, metrics, metrics_port)
+    if settings.watch_seconds is not None:
+        watcher = Watcher(registry, service, settings.watch_seconds)
+        running.watcher = asyncio.create_task(watcher.run(), name="watch")
+    return running
 
 
 async def serve(settings: Settings) -> None:

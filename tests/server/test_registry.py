@@ -1,0 +1,177 @@
+"""The repository as the server sees it: versions, broken files, and --watch reloads."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+import yaml
+
+from builder import load_spec, reference
+from server.app import Settings
+from server.client import InferenceClient
+from server.generated import inference_pb2 as pb
+from server.generated import inference_pb2_grpc as pb_grpc
+from tests.helpers import mlp_document
+from tests.server.conftest import ServerThread
+
+
+def _spec(folder: Path, name: str, **overrides: Any) -> Path:
+    (folder / name).mkdir(parents=True, exist_ok=True)
+    path = folder / name / "spec.yaml"
+    path.write_text(yaml.safe_dump(mlp_document(name=name, **overrides)))
+    return path
+
+
+def _wait_until(check: Callable[[], bool], seconds: float = 30.0) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.05)
+    raise AssertionError("condition not reached in time")
+
+
+@pytest.fixture
+def repository(tmp_path: Path) -> Path:
+    _spec(tmp_path, "alpha")
+    _spec(tmp_path, "beta", seed=3)
+    return tmp_path
+
+
+@pytest.fixture
+def watched(repository: Path) -> Iterator[ServerThread]:
+    settings = Settings(
+        repository=repository, port=0, metrics_port=None, threads=1, watch_seconds=0.1
+    )
+    server = ServerThread(settings).start()
+    yield server
+    server.stop()
+
+
+def _index(address: str) -> dict[str, Any]:
+    with grpc.insecure_channel(address) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        return {m.name: m for m in stub.RepositoryIndex(pb.RepositoryIndexRequest()).models}
+
+
+X = np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32)
+
+
+def test_a_corrupt_file_leaves_the_other_models_serving(repository: Path) -> None:
+    (repository / "broken" / "1").mkdir(parents=True)
+    (repository / "broken" / "1" / "model.onnx").write_bytes(b"\x08\x01 not a model at all")
+    server = ServerThread(Settings(repository=repository, port=0, metrics_port=None)).start()
+    try:
+        index = _index(server.address)
+        assert index["broken"].state == "UNAVAILABLE"
+        assert index["broken"].reason.startswith("load failed:")
+        assert index["alpha"].state == "READY"
+        with InferenceClient(server.address) as client:
+            assert not client.ready()  # not every model is ready
+            got = client.infer("alpha", {"x": X})["y"]
+            with pytest.raises(grpc.RpcError) as error:
+                client.infer("broken", {"x": X})
+        assert error.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "load failed" in error.value.details()
+        np.testing.assert_allclose(
+            got, reference.forward(load_spec(repository / "alpha" / "spec.yaml"), X), atol=1e-6
+        )
+    finally:
+        server.stop()
+
+
+def test_versions_resolve_newest_first(repository: Path) -> None:
+    server = ServerThread(Settings(repository=repository, port=0, metrics_port=None)).start()
+    server.stop()
+    # Version 2 of alpha is beta's file: different weights, same interface.
+    (repository / "alpha" / "2").mkdir()
+    shutil.copy(repository / "beta" / "1" / "model.onnx", repository / "alpha" / "2")
+    server = ServerThread(
+        Settings(repository=repository, port=0, metrics_port=None, build_missing=False)
+    ).start()
+    try:
+        alpha = reference.forward(load_spec(repository / "alpha" / "spec.yaml"), X)
+        beta = reference.forward(load_spec(repository / "beta" / "spec.yaml"), X)
+        with InferenceClient(server.address) as client:
+            np.testing.assert_allclose(client.infer("alpha", {"x": X})["y"], beta, atol=1e-6)
+            np.testing.assert_allclose(
+                client.infer("alpha", {"x": X}, version="1")["y"], alpha, atol=1e-6
+            )
+            with pytest.raises(grpc.RpcError) as error:
+                client.infer("alpha", {"x": X}, version="3")
+            assert error.value.code() == grpc.StatusCode.NOT_FOUND
+            assert "available versions: 1, 2" in error.value.details()
+            assert list(client.metadata("alpha").versions) == ["1", "2"]
+    finally:
+        server.stop()
+
+
+def test_watch_reloads_a_changed_spec_without_failing_requests(
+    watched: ServerThread, repository: Path
+) -> None:
+    before = reference.forward(load_spec(repository / "alpha" / "spec.yaml"), X)
+    failures: list[BaseException] = []
+    answers: list[np.ndarray] = []
+    stop = threading.Event()
+
+    def traffic() -> None:
+        with InferenceClient(watched.address) as client:
+            while not stop.is_set():
+                try:
+                    answers.append(client.infer("alpha", {"x": X})["y"])
+                except Exception as error:  # collected and asserted
+                    failures.append(error)
+
+    thread = threading.Thread(target=traffic)
+    thread.start()
+    try:
+        _spec(repository, "alpha", seed=9)  # new weights
+        after = reference.forward(load_spec(repository / "alpha" / "spec.yaml"), X)
+        _wait_until(lambda: bool(answers) and np.allclose(answers[-1], after, atol=1e-6))
+    finally:
+        stop.set()
+        thread.join(30)
+    assert not failures
+    # Every answer is exactly one of the two versions: no mixture, no error.
+    for answer in answers:
+        assert np.allclose(answer, before, atol=1e-6) or np.allclose(answer, after, atol=1e-6)
+
+
+def test_watch_keeps_the_old_version_when_a_reload_fails(
+    watched: ServerThread, repository: Path
+) -> None:
+    good = reference.forward(load_spec(repository / "beta" / "spec.yaml"), X)
+    (repository / "beta" / "1" / "model.onnx").write_bytes(b"garbage")
+    _wait_until(lambda: "load failed" in _index(watched.address)["beta"].reason)
+    entry = _index(watched.address)["beta"]
+    assert entry.state == "READY" and "previous version still serving" in entry.reason
+    with InferenceClient(watched.address) as client:
+        np.testing.assert_allclose(client.infer("beta", {"x": X})["y"], good, atol=1e-6)
+
+
+def test_watch_loads_new_models_and_unloads_removed_ones(
+    watched: ServerThread, repository: Path
+) -> None:
+    _spec(repository, "gamma", seed=5)
+    _wait_until(
+        lambda: (
+            "gamma" in _index(watched.address) and _index(watched.address)["gamma"].state == "READY"
+        )
+    )
+    shutil.rmtree(repository / "alpha")
+    _wait_until(lambda: _index(watched.address)["alpha"].state == "UNAVAILABLE")
+    assert _index(watched.address)["alpha"].reason == "removed from the repository"
+    with InferenceClient(watched.address) as client:
+        with pytest.raises(grpc.RpcError) as error:
+            client.infer("alpha", {"x": X})
+        assert error.value.code() == grpc.StatusCode.UNAVAILABLE
+        gamma = reference.forward(load_spec(repository / "gamma" / "spec.yaml"), X)
+        np.testing.assert_allclose(client.infer("gamma", {"x": X})["y"], gamma, atol=1e-6)
