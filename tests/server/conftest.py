@@ -37,6 +37,12 @@ class ServerThread:
             self.ready.set()
         if self.running is not None:
             self.loop.run_forever()
+        pending = asyncio.all_tasks(self.loop)
+        for task in pending:
+            task.cancel()
+        self.loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        self.loop.run_until_complete(self.loop.shutdown_asyncgens())
+        self.loop.close()
 
     def start(self) -> ServerThread:
         self.thread.start()
