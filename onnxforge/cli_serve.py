@@ -52,6 +52,13 @@ def _connection(url: str) -> Any:
     show_default=True,
     help="Requests waiting per model before RESOURCE_EXHAUSTED.",
 )
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Server processes sharing the port, each with its own sessions.",
+)
 @click.option("--watch", is_flag=True, help="Reload models whose files or spec change.")
 @click.option(
     "--watch-interval",
@@ -78,6 +85,7 @@ def serve(
     threads: int,
     no_build: bool,
     max_queue: int,
+    workers: int,
     watch: bool,
     watch_interval: float,
     log_level: str,
@@ -106,6 +114,10 @@ def serve(
         watch_seconds=watch_interval if watch else None,
     )
     try:
+        if workers > 1:
+            from server.workers import run_workers
+
+            raise SystemExit(run_workers(settings, workers, log_level, log_format))
         asyncio.run(run(settings))
     except OSError as error:
         raise click.ClickException(f"cannot serve on {host}:{port}: {error}") from None

@@ -14,7 +14,7 @@ from grpc_reflection.v1alpha import reflection
 
 from server.generated import inference_pb2_grpc as pb_grpc
 from server.metrics import Metrics
-from server.registry import Registry, State
+from server.registry import Registry
 from server.service import SERVICE_NAME, HealthServicer, InferenceService
 from server.stats import Statistics
 from server.watch import Watcher
@@ -34,6 +34,8 @@ class Settings:
     grace_seconds: float = 10.0
     metrics_port: int | None = 8002  # None: no metrics endpoint; 0 picks a free port
     watch_seconds: float | None = None  # poll the repository for changes this often
+    reuse_port: bool = False  # workers share the public port (SO_REUSEPORT)
+    control_port: bool = False  # also listen on a private 127.0.0.1 port for peer workers
 
 
 @dataclass
@@ -45,6 +47,7 @@ class Running:
     metrics: Metrics
     metrics_port: int | None
     watcher: asyncio.Task[None] | None = None
+    control_port: int | None = None
 
     async def stop(self, grace: float) -> None:
         """Stop accepting, let in-flight requests finish (up to ``grace`` s), close models."""
@@ -82,6 +85,8 @@ async def create_server(settings: Settings) -> Running:
     options = [
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_send_message_length", settings.max_message_bytes),
+        # gRPC shares ports by default on Linux; a second server on a busy port must fail.
+        ("grpc.so_reuseport", 1 if settings.reuse_port else 0),
     ]
     server = grpc.aio.server(options=options)
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(service, server)
@@ -98,13 +103,11 @@ async def create_server(settings: Settings) -> Running:
     port = server.add_insecure_port(f"{settings.host}:{settings.port}")
     if port == 0:
         raise OSError(f"cannot bind {settings.host}:{settings.port}")
+    control_port = server.add_insecure_port("127.0.0.1:0") if settings.control_port else None
     await server.start()
     metrics_port = None
     if settings.metrics_port is not None:
         metrics_port = metrics.start(settings.host, settings.metrics_port)
-    metrics.models_loaded.set_function(
-        lambda: sum(entry.state == State.READY for entry in registry.entries.values())
-    )
     where = f"http://{settings.host}:{metrics_port}/metrics" if metrics_port else "off"
     log.info(
         "serving %d model(s) from %s on %s:%d (metrics: %s)",
@@ -114,7 +117,9 @@ async def create_server(settings: Settings) -> Running:
         port,
         where,
     )
-    running = Running(server, port, service, registry, metrics, metrics_port)
+    running = Running(
+        server, port, service, registry, metrics, metrics_port, control_port=control_port
+    )
     if settings.watch_seconds is not None:
         watcher = Watcher(registry, service, settings.watch_seconds)
         running.watcher = asyncio.create_task(watcher.run(), name="watch")

@@ -67,10 +67,12 @@ class Metrics:
             buckets=BATCH_BUCKETS,
             registry=self.registry,
         )
+        # With --workers: the fewest any live worker has, i.e. what the server as a whole has.
         self.models_loaded = Gauge(
             "onnxforge_models_loaded",
-            "Models in the READY state.",
+            "Models in the READY state (with several workers: in every worker).",
             registry=self.registry,
+            multiprocess_mode="livemin",
         )
 
     def start(self, host: str, port: int) -> int:

@@ -23,6 +23,7 @@ from server import convert, validate
 from server.errors import ServingError, Unavailable
 from server.generated import inference_pb2 as pb
 from server.generated import inference_pb2_grpc as pb_grpc
+from server.peers import Peers, forwarded, merge_statistics
 from server.registry import PLATFORM, Registry, State
 from server.stats import Statistics
 
@@ -66,6 +67,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         self.statistics = statistics
         self.health = health
         self.draining = False
+        self.peers: Peers | None = None  # the other workers, with --workers N
         self.in_flight = 0  # requests between arrival and answer
         self.cut_off = 0  # requests cancelled while being served (client gone, or shutdown)
 
@@ -75,7 +77,10 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         )
 
     async def sync_health(self) -> None:
-        """gRPC health: "" for the whole server, and one service name per model."""
+        """gRPC health ("" for the whole server, one name per model) and the loaded gauge."""
+        if self.statistics.metrics is not None:
+            ready = sum(entry.state == State.READY for entry in self.registry.entries.values())
+            self.statistics.metrics.models_loaded.set(ready)
         if self.health is None:
             return
         serving, not_serving = (
@@ -100,7 +105,10 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     async def ServerReady(
         self, request: pb.ServerReadyRequest, context: Any
     ) -> pb.ServerReadyResponse:
-        return pb.ServerReadyResponse(ready=self.ready())
+        ready = self.ready()
+        if ready and self.peers is not None and not forwarded(context):
+            ready = await self.peers.ready()
+        return pb.ServerReadyResponse(ready=ready)
 
     @_answers
     async def ModelReady(
@@ -110,7 +118,10 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             self.registry.get(request.name, request.version)
         except ServingError:
             return pb.ModelReadyResponse(ready=False)
-        return pb.ModelReadyResponse(ready=not self.draining)
+        ready = not self.draining
+        if ready and self.peers is not None and not forwarded(context):
+            ready = await self.peers.model_ready(request.name, request.version)
+        return pb.ModelReadyResponse(ready=ready)
 
     # ------------------------------------------------------------------ metadata
 
@@ -243,10 +254,15 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     async def RepositoryModelLoad(
         self, request: pb.RepositoryModelLoadRequest, context: Any
     ) -> pb.RepositoryModelLoadResponse:
-        entry = await self.registry.load(request.model_name)
+        # KServe's own proto puts the model name in field 1 (our repository_name).
+        name = request.model_name or request.repository_name
+        entry = await self.registry.load(name)
+        if self.peers is not None and not forwarded(context):
+            await self.peers.load(name)
+        await self.sync_health()
         if entry.state != State.READY:
             raise ServingError(
-                f"model '{request.model_name}' failed to load: {entry.reason}",
+                f"model '{name}' failed to load: {entry.reason}",
                 grpc.StatusCode.INVALID_ARGUMENT,
             )
         return pb.RepositoryModelLoadResponse()
@@ -255,7 +271,10 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     async def RepositoryModelUnload(
         self, request: pb.RepositoryModelUnloadRequest, context: Any
     ) -> pb.RepositoryModelUnloadResponse:
-        await self.registry.unload(request.model_name or request.repository_name)
+        name = request.model_name or request.repository_name
+        await self.registry.unload(name)
+        if self.peers is not None and not forwarded(context):
+            await self.peers.unload(name)
         await self.sync_health()
         return pb.RepositoryModelUnloadResponse()
 
@@ -299,4 +318,6 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
                     ],
                 )
             )
+        if self.peers is not None and not forwarded(context):
+            out = merge_statistics([*out, *await self.peers.statistics(request)])
         return pb.ModelStatisticsResponse(model_stats=out)

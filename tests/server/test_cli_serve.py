@@ -22,7 +22,13 @@ from tests.conftest import MODELS, REPO_ROOT
 
 
 class ServeProcess:
-    def __init__(self, repository: Path, *extra: str) -> None:
+    def __init__(
+        self,
+        repository: Path,
+        *extra: str,
+        pattern: str = r"serving \d+ model\(s\) from .* on 127\.0\.0\.1:(\d+)",
+    ) -> None:
+        self.pattern = pattern
         self.process = subprocess.Popen(
             [
                 sys.executable,
@@ -55,7 +61,7 @@ class ServeProcess:
             if not line:
                 break
             self.lines.append(line)
-            found = re.search(r"serving \d+ model\(s\) from .* on 127\.0\.0\.1:(\d+)", line)
+            found = re.search(self.pattern, line)
             if found:
                 threading.Thread(target=self._drain, daemon=True).start()
                 return int(found.group(1))

@@ -1,0 +1,108 @@
+"""``serve --workers 2``: two processes on one port that behave as one server."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import urllib.request
+from collections.abc import Iterator
+
+import grpc
+import numpy as np
+import pytest
+
+from builder import load_spec, reference
+from server.client import InferenceClient
+from server.generated import inference_pb2 as pb
+from server.generated import inference_pb2_grpc as pb_grpc
+from server.peers import PEER_HEADER
+from tests.conftest import MODELS
+from tests.server.test_cli_serve import ServeProcess
+
+SPEC = load_spec(MODELS / "digits-mlp" / "spec.yaml")
+
+
+@pytest.fixture(scope="module")
+def workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
+    repository = tmp_path_factory.mktemp("repo")
+    (repository / "digits-mlp").mkdir()
+    for file in ("spec.yaml", "weights.npz"):
+        shutil.copy(MODELS / "digits-mlp" / file, repository / "digits-mlp" / file)
+    server = ServeProcess(
+        repository, "--workers", "2", pattern=r"serving with 2 workers on 127\.0\.0\.1:(\d+)"
+    )
+    yield server
+    if server.process.poll() is None:
+        server.process.kill()
+        server.process.wait(30)
+    server.closed.wait(10)
+    assert server.process.stdout is not None
+    server.process.stdout.close()
+
+
+def _stub(address: str) -> tuple[grpc.Channel, pb_grpc.GRPCInferenceServiceStub]:
+    channel = grpc.insecure_channel(address)
+    return channel, pb_grpc.GRPCInferenceServiceStub(channel)
+
+
+def _local_successes(control_port: str) -> int:
+    """One worker's own count, asked on its private port as a peer would."""
+    channel, stub = _stub(f"127.0.0.1:{control_port}")
+    with channel:
+        stats = stub.ModelStatistics(
+            pb.ModelStatisticsRequest(name="digits-mlp"), metadata=[(PEER_HEADER, "1")]
+        )
+    return stats.model_stats[0].inference_stats.success.count if stats.model_stats else 0
+
+
+def test_workers_share_the_port_and_add_up(workers: ServeProcess) -> None:
+    log = "".join(workers.lines)
+    controls = re.findall(r"worker \d: pid \d+, control port 127\.0\.0\.1:(\d+)", log)
+    assert len(controls) == 2, log
+    sent = 60
+    for i in range(sent):  # a new connection each time: the kernel spreads them
+        x = np.random.default_rng(i).uniform(size=(2, 64)).astype(np.float32)
+        with InferenceClient(workers.url) as client:
+            got = client.infer("digits-mlp", {"x": x})["probabilities"]
+        np.testing.assert_allclose(got, reference.forward(SPEC, x), atol=1e-6)
+    per_worker = [_local_successes(port) for port in controls]
+    assert all(count > 0 for count in per_worker), per_worker  # both served
+    channel, stub = _stub(workers.url)
+    with channel:
+        total = stub.ModelStatistics(pb.ModelStatisticsRequest(name="digits-mlp"))
+        assert total.model_stats[0].inference_stats.success.count == sent == sum(per_worker)
+        assert total.model_stats[0].inference_count == 2 * sent
+        assert stub.ServerReady(pb.ServerReadyRequest()).ready
+    metrics_port = re.search(r"serving with 2 workers on .*\(metrics: (\d+)\)", log)
+    assert metrics_port is not None
+    text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port.group(1)}/metrics").read()
+    found = re.search(rb'onnxforge_requests_total\{model="digits-mlp",status="OK"\} (\S+)', text)
+    assert found is not None and float(found.group(1)) == sent
+    assert re.search(rb"^onnxforge_models_loaded 4\.0$", text, re.M)
+
+
+def test_unload_and_load_reach_every_worker(workers: ServeProcess) -> None:
+    def ready_everywhere(name: str) -> set[bool]:
+        answers = set()
+        for _ in range(12):  # fresh connections land on either worker
+            channel, stub = _stub(workers.url)
+            with channel:
+                answers.add(stub.ModelReady(pb.ModelReadyRequest(name=name)).ready)
+        return answers
+
+    channel, stub = _stub(workers.url)
+    with channel:
+        stub.RepositoryModelUnload(pb.RepositoryModelUnloadRequest(model_name="digits-mlp-fp16"))
+        assert ready_everywhere("digits-mlp-fp16") == {False}
+        assert not stub.ServerReady(pb.ServerReadyRequest()).ready
+        stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="digits-mlp-fp16"))
+        assert ready_everywhere("digits-mlp-fp16") == {True}
+        assert stub.ServerReady(pb.ServerReadyRequest()).ready
+
+
+def test_sigterm_stops_every_worker_with_exit_0(workers: ServeProcess) -> None:
+    assert workers.stop() == 0
+    workers.closed.wait(30)
+    log = "".join(workers.lines)
+    assert "stopped 2 workers (exit codes [0, 0])" in log
+    assert log.count("0 cut off") == 2
