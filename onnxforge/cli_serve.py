@@ -12,15 +12,123 @@ from rich.table import Table
 
 from onnxforge.cli_common import console, json_option
 
-url_option = click.option(
-    "--url", default="127.0.0.1:8001", show_default=True, help="Server address host:port."
-)
+
+def security_options(command: Any) -> Any:
+    """TLS, mutual TLS and bearer tokens for ``serve``."""
+    file = click.Path(path_type=Path, dir_okay=False)
+    for option in reversed(
+        [
+            click.option("--tls-cert", type=file, help="Server certificate (PEM): serve TLS."),
+            click.option("--tls-key", type=file, help="Server private key (PEM)."),
+            click.option(
+                "--tls-client-ca",
+                type=file,
+                help="Mutual TLS: refuse clients without a certificate this CA signed.",
+            ),
+            click.option(
+                "--auth-token-file",
+                type=file,
+                help="Tokens, one per line: every RPC but health and ServerLive needs "
+                "'authorization: Bearer <token>' (also ONNXFORGE_AUTH_TOKENS).",
+            ),
+            click.option(
+                "--admin-token-file", type=file, help="Tokens for model load/unload only."
+            ),
+            click.option(
+                "--no-model-control",
+                is_flag=True,
+                help="Refuse RepositoryModelLoad/Unload (PERMISSION_DENIED).",
+            ),
+        ]
+    ):
+        command = option(command)
+    return command
 
 
-def _connection(url: str) -> Any:
+def limit_options(command: Any) -> Any:
+    """Resource limits for ``serve``."""
+    for option in reversed(
+        [
+            click.option(
+                "--max-message-bytes",
+                type=click.IntRange(min=1024),
+                default=64 * 1024 * 1024,
+                show_default=True,
+                help="Largest request or response (RESOURCE_EXHAUSTED beyond).",
+            ),
+            click.option(
+                "--max-rows",
+                type=click.IntRange(min=1),
+                default=65536,
+                show_default=True,
+                help="Rows per request (RESOURCE_EXHAUSTED beyond).",
+            ),
+            click.option(
+                "--max-streams",
+                type=click.IntRange(min=1),
+                default=256,
+                show_default=True,
+                help="Concurrent calls per client connection.",
+            ),
+            click.option(
+                "--max-model-bytes",
+                type=click.IntRange(min=1),
+                default=2**31,
+                show_default=True,
+                help="Larger model files are not loaded.",
+            ),
+        ]
+    ):
+        command = option(command)
+    return command
+
+
+def client_options(command: Any) -> Any:
+    """How ``infer`` and ``bench`` reach the server: address, TLS, token."""
+    file = click.Path(path_type=Path, dir_okay=False)
+    for option in reversed(
+        [
+            click.option(
+                "--url",
+                default="127.0.0.1:8001",
+                show_default=True,
+                help="Server address host:port.",
+            ),
+            click.option("--tls-ca", type=file, help="Trust this CA (PEM): connect with TLS."),
+            click.option("--tls-cert", type=file, help="Client certificate for mutual TLS."),
+            click.option("--tls-key", type=file, help="Client private key for mutual TLS."),
+            click.option(
+                "--token-file",
+                type=file,
+                help="A bearer token (first line); or set ONNXFORGE_TOKEN.",
+            ),
+        ]
+    ):
+        command = option(command)
+    return command
+
+
+def connection(
+    url: str,
+    tls_ca: Path | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    token_file: Path | None,
+) -> Any:
+    import os
+
     from server.client import Connection
+    from server.security import SecurityError, read_tokens
 
-    return Connection(url)
+    token = os.environ.get("ONNXFORGE_TOKEN")
+    if token_file is not None:
+        try:
+            token = read_tokens(token_file)[0]
+        except SecurityError as error:
+            raise click.UsageError(str(error)) from None
+    if (tls_cert is None) != (tls_key is None):
+        raise click.UsageError("--tls-cert and --tls-key go together")
+    return Connection(url, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key, token=token)
 
 
 @click.command()
@@ -76,6 +184,8 @@ def _connection(url: str) -> Any:
 @click.option(
     "--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True
 )
+@security_options
+@limit_options
 def serve(
     repository: Path,
     host: str,
@@ -90,6 +200,16 @@ def serve(
     watch_interval: float,
     log_level: str,
     log_format: str,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    tls_client_ca: Path | None,
+    auth_token_file: Path | None,
+    admin_token_file: Path | None,
+    no_model_control: bool,
+    max_message_bytes: int,
+    max_rows: int,
+    max_streams: int,
+    max_model_bytes: int,
 ) -> None:
     """Serve every model in REPOSITORY over gRPC (KServe v2 / Open Inference Protocol).
 
@@ -99,9 +219,21 @@ def serve(
     from server import logs
     from server.app import Settings
     from server.app import serve as run
+    from server.security import Security, SecurityError
 
     if not repository.is_dir():
         raise click.BadParameter(f"{repository} is not a folder", param_hint="REPOSITORY")
+    try:
+        security = Security.from_options(
+            auth_token_file,
+            admin_token_file,
+            not no_model_control,
+            tls_cert,
+            tls_key,
+            tls_client_ca,
+        )
+    except SecurityError as error:
+        raise click.UsageError(str(error)) from None
     logs.configure(log_level, log_format)
     settings = Settings(
         repository=repository,
@@ -112,6 +244,11 @@ def serve(
         max_queue=max_queue,
         metrics_port=None if no_metrics else metrics_port,
         watch_seconds=watch_interval if watch else None,
+        security=security,
+        max_message_bytes=max_message_bytes,
+        max_rows=max_rows,
+        max_streams=max_streams,
+        max_model_bytes=max_model_bytes,
     )
     try:
         if workers > 1:
@@ -150,7 +287,7 @@ def _named_arrays(pairs: tuple[str, ...]) -> dict[str, Any]:
 )
 @click.option("--output", "outputs", multiple=True, help="Only these outputs (repeatable).")
 @click.option("--version", "model_version", default="", help="Model version (default newest).")
-@url_option
+@client_options
 @click.option("--timeout", type=float, default=30.0, show_default=True, help="Seconds.")
 @click.option(
     "--save",
@@ -164,6 +301,10 @@ def infer(
     outputs: tuple[str, ...],
     model_version: str,
     url: str,
+    tls_ca: Path | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    token_file: Path | None,
     timeout: float,
     save: Path | None,
     as_json: bool,
@@ -175,7 +316,8 @@ def infer(
     from server.client import InferenceClient
 
     arrays = _named_arrays(inputs)
-    with InferenceClient(url) as client:
+    reach = connection(url, tls_ca, tls_cert, tls_key, token_file)
+    with InferenceClient(**vars(reach)) as client:
         try:
             results = client.infer(model, arrays, outputs, model_version, timeout=timeout)
         except grpc.RpcError as error:
@@ -231,7 +373,7 @@ def _concurrencies(text: str) -> list[int]:
 @click.option(
     "--rows", type=click.IntRange(min=1), default=1, show_default=True, help="Rows per request."
 )
-@url_option
+@client_options
 @click.option(
     "--plot",
     "plot_file",
@@ -245,6 +387,10 @@ def bench(
     duration: float,
     rows: int,
     url: str,
+    tls_ca: Path | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    token_file: Path | None,
     plot_file: Path | None,
     as_json: bool,
 ) -> None:
@@ -253,10 +399,11 @@ def bench(
 
     from server.bench import plot, run_level
 
+    reach = connection(url, tls_ca, tls_cert, tls_key, token_file)
     levels = []
     for clients in _concurrencies(concurrency):
         try:
-            levels.append(asyncio.run(run_level(_connection(url), model, clients, duration, rows)))
+            levels.append(asyncio.run(run_level(reach, model, clients, duration, rows)))
         except grpc.aio.AioRpcError as error:
             raise click.ClickException(f"{error.code().name}: {error.details()}") from None
     if plot_file is not None:

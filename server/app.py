@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -15,6 +16,7 @@ from grpc_reflection.v1alpha import reflection
 from server.generated import inference_pb2_grpc as pb_grpc
 from server.metrics import Metrics
 from server.registry import Registry
+from server.security import Security
 from server.service import SERVICE_NAME, HealthServicer, InferenceService
 from server.stats import Statistics
 from server.watch import Watcher
@@ -34,6 +36,10 @@ class Settings:
     grace_seconds: float = 10.0
     metrics_port: int | None = 8002  # None: no metrics endpoint; 0 picks a free port
     watch_seconds: float | None = None  # poll the repository for changes this often
+    security: Security = field(default_factory=Security)
+    max_rows: int = 65536  # rows per request; more is RESOURCE_EXHAUSTED
+    max_streams: int = 256  # concurrent RPCs per client connection
+    max_model_bytes: int = 2**31  # a bigger file is not loaded (UNAVAILABLE, with the reason)
     reuse_port: bool = False  # workers share the public port (SO_REUSEPORT)
     control_port: bool = False  # also listen on a private 127.0.0.1 port for peer workers
 
@@ -76,19 +82,23 @@ async def create_server(settings: Settings) -> Running:
         threads=settings.threads,
         build_missing=settings.build_missing,
         max_queue=settings.max_queue,
+        max_model_bytes=settings.max_model_bytes,
         on_batch=statistics.batch,
     )
     await registry.load_all()
     health = HealthServicer()
     service = InferenceService(registry, statistics, health)
+    service.max_rows = settings.max_rows
     await service.sync_health()
     options = [
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_send_message_length", settings.max_message_bytes),
         # gRPC shares ports by default on Linux; a second server on a busy port must fail.
         ("grpc.so_reuseport", 1 if settings.reuse_port else 0),
+        ("grpc.max_concurrent_streams", settings.max_streams),
     ]
-    server = grpc.aio.server(options=options)
+    security = settings.security
+    server = grpc.aio.server(options=options, interceptors=security.interceptors())
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(service, server)
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     # Reflection lets grpcurl and other tools work without the .proto file.
@@ -100,7 +110,17 @@ async def create_server(settings: Settings) -> Running:
         ],
         server,
     )
-    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    address = f"{settings.host}:{settings.port}"
+    if security.tls:
+        port = server.add_secure_port(address, security.server_credentials())
+    else:
+        port = server.add_insecure_port(address)
+        if not _loopback(settings.host):
+            log.warning(
+                "serving on %s without TLS: anyone who can reach the port sees the "
+                "traffic (and any tokens); use --tls-cert/--tls-key",
+                settings.host,
+            )
     if port == 0:
         raise OSError(f"cannot bind {settings.host}:{settings.port}")
     control_port = server.add_insecure_port("127.0.0.1:0") if settings.control_port else None
@@ -136,3 +156,12 @@ async def serve(settings: Settings) -> None:
     await stop.wait()
     log.info("shutting down: finishing in-flight requests")
     await running.stop(settings.grace_seconds)
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False

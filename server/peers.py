@@ -28,14 +28,17 @@ def forwarded(context: Any) -> bool:
 
 
 class Peers:
-    def __init__(self, addresses: Iterable[str]) -> None:
+    def __init__(self, addresses: Iterable[str], token: str | None = None) -> None:
         self.addresses = list(addresses)
+        # The server's internal token: peers pass its authentication like any client.
+        self._metadata = _MARK + ((("authorization", f"Bearer {token}"),) if token else ())
         self._channels = [grpc.aio.insecure_channel(address) for address in self.addresses]
         self._stubs = [pb_grpc.GRPCInferenceServiceStub(channel) for channel in self._channels]
 
     async def _all(self, method: str, request: Any) -> list[Any]:
         calls = [
-            getattr(stub, method)(request, metadata=_MARK, timeout=_TIMEOUT) for stub in self._stubs
+            getattr(stub, method)(request, metadata=self._metadata, timeout=_TIMEOUT)
+            for stub in self._stubs
         ]
         return list(await asyncio.gather(*calls))
 

@@ -158,9 +158,11 @@ class Registry:
         threads: int = 0,
         build_missing: bool = True,
         max_queue: int = 1024,
+        max_model_bytes: int = 2**31,
         on_batch: Callable[[str, str, BatchStats], None] | None = None,
     ) -> None:
         self.root = root
+        self.max_model_bytes = max_model_bytes
         self.threads = threads
         self.build_missing = build_missing
         self.max_queue = max_queue
@@ -177,6 +179,9 @@ class Registry:
         found = []
         for folder in sorted(self.root.iterdir()):
             if not folder.is_dir() or not NAME_PATTERN.match(folder.name):
+                continue
+            if not self._inside(folder):
+                log.warning("%s points outside the repository; ignored", folder)
                 continue
             if (folder / "spec.yaml").is_file() or self._version_folders(folder):
                 found.append(folder.name)
@@ -257,7 +262,7 @@ class Registry:
 
     async def load(self, name: str) -> Entry:
         """Load (or reload) every version of ``name``; on failure the old versions keep serving."""
-        if not NAME_PATTERN.match(name) or not (self.root / name).is_dir():
+        if name not in self.names():  # also keeps '../x' and outside symlinks out
             raise ModelNotFound(name, available=self.names())
         async with self._lock(name):
             previous = self.entries.get(name)
@@ -302,11 +307,25 @@ class Registry:
             if version.batcher is not None:
                 await version.batcher.close()
 
+    def _inside(self, path: Path) -> bool:
+        """Whether ``path``, symlinks followed, stays inside the repository."""
+        return path.resolve().is_relative_to(self.root.resolve())
+
     def _open_versions(self, name: str) -> dict[str, Version]:
         folder = self.root / name
         found = self._version_folders(folder)
         if not found:
             raise ValueError(f"no <version>/{MODEL_FILE} in {folder}")
+        for path in found:
+            model = path / MODEL_FILE
+            if not self._inside(model):
+                raise ValueError(f"{model} points outside the repository; not loaded")
+            size = model.stat().st_size
+            if size > self.max_model_bytes:
+                raise ValueError(
+                    f"{model} is {size:,} bytes, over the limit of "
+                    f"{self.max_model_bytes:,} (--max-model-bytes)"
+                )
         serving = self._serving(name)
         return {
             path.name: self._open(name, path.name, path / MODEL_FILE, serving) for path in found

@@ -68,6 +68,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         self.health = health
         self.draining = False
         self.peers: Peers | None = None  # the other workers, with --workers N
+        self.max_rows = 65536  # rows per request
         self.in_flight = 0  # requests between arrival and answer
         self.cut_off = 0  # requests cancelled while being served (client gone, or shutdown)
 
@@ -177,7 +178,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         try:
             arrays = convert.input_arrays(request)
             datatypes = {tensor.name: tensor.datatype for tensor in request.inputs}
-            inputs = validate.model_inputs(version, arrays, datatypes)
+            inputs = validate.model_inputs(version, arrays, datatypes, self.max_rows)
             outputs = validate.requested_outputs(version, [o.name for o in request.outputs])
             rows = len(next(iter(inputs.values()))) if inputs else 0
             results = await version.infer(inputs, outputs, deadline)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+import grpc
 import numpy as np
 
-from server.errors import InvalidInput, InvalidRequest
+from server.errors import InvalidInput, InvalidRequest, ServingError
 from server.registry import Version
 
 
@@ -15,7 +16,10 @@ def _shape_text(shape: Sequence[int]) -> str:
 
 
 def model_inputs(
-    version: Version, arrays: Mapping[str, np.ndarray], datatypes: Mapping[str, str]
+    version: Version,
+    arrays: Mapping[str, np.ndarray],
+    datatypes: Mapping[str, str],
+    max_rows: int | None = None,
 ) -> dict[str, np.ndarray]:
     """The request's arrays when names, datatypes, shapes and values fit the model."""
     expected = version.inputs
@@ -60,6 +64,12 @@ def model_inputs(
         raise InvalidRequest(f"inputs disagree on the batch size: {sorted(batch_sizes)}")
     if batch_sizes == {0}:
         raise InvalidRequest("the batch is empty (0 rows)")
+    if max_rows is not None and batch_sizes and max(batch_sizes) > max_rows:
+        raise ServingError(
+            f"a request may hold at most {max_rows} rows, this one holds "
+            f"{max(batch_sizes)} (--max-rows)",
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+        )
     return dict(arrays)
 
 

@@ -54,7 +54,7 @@ async def _serve_worker(settings: Settings, index: int, link: Connection) -> Non
         for address in await asyncio.to_thread(link.recv)
         if address != f"127.0.0.1:{running.control_port}"
     ]
-    running.service.peers = Peers(peers)
+    running.service.peers = Peers(peers, settings.security.internal_token)
     log.info(
         "worker %d: pid %d, control port 127.0.0.1:%d", index, os.getpid(), running.control_port
     )
