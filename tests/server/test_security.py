@@ -163,9 +163,11 @@ def test_tokens_never_reach_the_logs(repository: Path, caplog: pytest.LogCapture
     server = _serve(repository, Security(tokens=(TOKEN,)))
     try:
         for token in (TOKEN, "wrong-token-value"):
-            with InferenceClient(server.address, token=token) as client:
-                with contextlib.suppress(grpc.RpcError):
-                    client.infer("digits-mlp", {"x": X})
+            with (
+                InferenceClient(server.address, token=token) as client,
+                contextlib.suppress(grpc.RpcError),
+            ):
+                client.infer("digits-mlp", {"x": X})
     finally:
         server.stop()
     assert caplog.records  # the server did log
