@@ -111,18 +111,22 @@ async def create_server(settings: Settings) -> Running:
         server,
     )
     address = f"{settings.host}:{settings.port}"
-    if security.tls:
-        port = server.add_secure_port(address, security.server_credentials())
-    else:
-        port = server.add_insecure_port(address)
-        if not _loopback(settings.host):
-            log.warning(
-                "serving on %s without TLS: anyone who can reach the port sees the "
-                "traffic (and any tokens); use --tls-cert/--tls-key",
-                settings.host,
-            )
+    try:
+        if security.tls:
+            port = server.add_secure_port(address, security.server_credentials())
+        else:
+            port = server.add_insecure_port(address)
+    except RuntimeError:  # grpc's way of saying the address is taken or unusable
+        port = 0
     if port == 0:
-        raise OSError(f"cannot bind {settings.host}:{settings.port}")
+        await registry.close()
+        raise OSError(f"cannot bind {address} (in use, or not an address of this machine)")
+    if not security.tls and not _loopback(settings.host):
+        log.warning(
+            "serving on %s without TLS: anyone who can reach the port sees the "
+            "traffic (and any tokens); use --tls-cert/--tls-key",
+            settings.host,
+        )
     control_port = server.add_insecure_port("127.0.0.1:0") if settings.control_port else None
     await server.start()
     metrics_port = None
