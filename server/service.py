@@ -25,10 +25,12 @@ from server.generated import inference_pb2 as pb
 from server.generated import inference_pb2_grpc as pb_grpc
 from server.peers import Peers, forwarded, merge_statistics
 from server.registry import PLATFORM, Registry, State
-from server.stats import Statistics
+from server.stats import ModelStats, Statistics
 
 log = logging.getLogger("onnxforge.server")
 SERVICE_NAME = "inference.GRPCInferenceService"
+# Reasons a model is not ready that do not make the server unready.
+DELIBERATE = frozenset({"unloaded", "removed from the repository"})
 EXTENSIONS = ["model_repository", "statistics", "model_repository(unload_dependents)"]
 
 Response = TypeVar("Response")
@@ -73,8 +75,10 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         self.cut_off = 0  # requests cancelled while being served (client gone, or shutdown)
 
     def ready(self) -> bool:
+        """Every model is ready, except those unloaded on purpose (as Triton counts it)."""
         return not self.draining and all(
-            entry.state == State.READY for entry in self.registry.entries.values()
+            entry.state == State.READY or entry.reason in DELIBERATE
+            for entry in self.registry.entries.values()
         )
 
     async def sync_health(self) -> None:
@@ -179,6 +183,9 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             arrays = convert.input_arrays(request)
             datatypes = {tensor.name: tensor.datatype for tensor in request.inputs}
             inputs = validate.model_inputs(version, arrays, datatypes, self.max_rows)
+            validate.supported_parameters(request.parameters, "request")
+            for wanted in request.outputs:
+                validate.supported_parameters(wanted.parameters, f"output '{wanted.name}'")
             outputs = validate.requested_outputs(version, [o.name for o in request.outputs])
             rows = len(next(iter(inputs.values()))) if inputs else 0
             results = await version.infer(inputs, outputs, deadline)
@@ -218,12 +225,16 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             try:
                 response = await self._infer(request, None)
             except ServingError as error:
-                yield pb.ModelStreamInferResponse(error_message=error.message)
+                # The id tells a client which of its requests failed (as Triton does).
+                yield pb.ModelStreamInferResponse(
+                    error_message=error.message, infer_response=pb.ModelInferResponse(id=request.id)
+                )
                 continue
             except Exception:
                 log.exception("unexpected error in ModelStreamInfer")
                 yield pb.ModelStreamInferResponse(
-                    error_message="internal error (see the server log)"
+                    error_message="internal error (see the server log)",
+                    infer_response=pb.ModelInferResponse(id=request.id),
                 )
                 continue
             yield pb.ModelStreamInferResponse(infer_response=response)
@@ -285,8 +296,17 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     ) -> pb.ModelStatisticsResponse:
         if request.name:
             self.registry.get(request.name, request.version)  # NOT_FOUND for unknown models
+        # Every loaded version has an entry, zeros until it serves (as Triton answers).
+        loaded = {
+            (entry.name, version)
+            for entry in self.registry.entries.values()
+            for version in entry.versions
+            if entry.state == State.READY
+        }
+        counted = dict(self.statistics.models)
         out = []
-        for (name, version), stats in sorted(self.statistics.models.items()):
+        for name, version in sorted(loaded | set(counted)):
+            stats = counted.get((name, version), ModelStats())
             if request.name and name != request.name:
                 continue
             if request.version and version != request.version:

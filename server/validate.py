@@ -73,6 +73,22 @@ def model_inputs(
     return dict(arrays)
 
 
+# Request parameters that change what an answer means; refused rather than ignored.
+UNSUPPORTED_PARAMETERS = {
+    "classification": "classification outputs (class_count) are not supported; ask for the "
+    "output and take the top classes from it",
+    "sequence_id": "sequence batching (stateful models) is not supported",
+    "sequence_start": "sequence batching (stateful models) is not supported",
+    "sequence_end": "sequence batching (stateful models) is not supported",
+}
+
+
+def supported_parameters(parameters: Mapping[str, object], where: str) -> None:
+    for key in parameters:
+        if key in UNSUPPORTED_PARAMETERS:
+            raise InvalidRequest(f"{where} parameter '{key}': {UNSUPPORTED_PARAMETERS[key]}")
+
+
 def requested_outputs(version: Version, names: Sequence[str]) -> list[str]:
     """The outputs a request asks for (all when it names none), each known and named once."""
     if not names:

@@ -94,10 +94,30 @@ def test_unload_and_load_reach_every_worker(workers: ServeProcess) -> None:
     with channel:
         stub.RepositoryModelUnload(pb.RepositoryModelUnloadRequest(model_name="digits-mlp-fp16"))
         assert ready_everywhere("digits-mlp-fp16") == {False}
-        assert not stub.ServerReady(pb.ServerReadyRequest()).ready
+        assert stub.ServerReady(pb.ServerReadyRequest()).ready  # unloaded on purpose
         stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="digits-mlp-fp16"))
         assert ready_everywhere("digits-mlp-fp16") == {True}
-        assert stub.ServerReady(pb.ServerReadyRequest()).ready
+
+
+def test_a_model_is_ready_only_when_it_is_ready_in_every_worker(workers: ServeProcess) -> None:
+    controls = re.findall(
+        r"worker \d: pid \d+, control port 127\.0\.0\.1:(\d+)", "".join(workers.lines)
+    )
+    alone, alone_stub = _stub(f"127.0.0.1:{controls[0]}")
+    with alone:  # unload in worker 0 only, as a peer would (the header stops forwarding)
+        alone_stub.RepositoryModelUnload(
+            pb.RepositoryModelUnloadRequest(model_name="digits-mlp-int8-static"),
+            metadata=[(PEER_HEADER, "1")],
+        )
+    other, other_stub = _stub(f"127.0.0.1:{controls[1]}")
+    with other:
+        request = pb.ModelReadyRequest(name="digits-mlp-int8-static")
+        assert other_stub.ModelReady(request, metadata=[(PEER_HEADER, "1")]).ready  # itself
+        assert not other_stub.ModelReady(request).ready  # but not in every worker
+    channel, stub = _stub(workers.url)
+    with channel:
+        stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="digits-mlp-int8-static"))
+        assert stub.ModelReady(pb.ModelReadyRequest(name="digits-mlp-int8-static")).ready
 
 
 def test_sigterm_stops_every_worker_with_exit_0(workers: ServeProcess) -> None:
