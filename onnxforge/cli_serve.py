@@ -167,6 +167,7 @@ def connection(
     show_default=True,
     help="Server processes sharing the port, each with its own sessions.",
 )
+@click.option("--no-batching", is_flag=True, help="Run every request on its own.")
 @click.option("--watch", is_flag=True, help="Reload models whose files or spec change.")
 @click.option(
     "--watch-interval",
@@ -196,6 +197,7 @@ def serve(
     no_build: bool,
     max_queue: int,
     workers: int,
+    no_batching: bool,
     watch: bool,
     watch_interval: float,
     log_level: str,
@@ -249,6 +251,7 @@ def serve(
         max_rows=max_rows,
         max_streams=max_streams,
         max_model_bytes=max_model_bytes,
+        batching=not no_batching,
     )
     try:
         if workers > 1:

@@ -40,6 +40,7 @@ class Settings:
     max_rows: int = 65536  # rows per request; more is RESOURCE_EXHAUSTED
     max_streams: int = 256  # concurrent RPCs per client connection
     max_model_bytes: int = 2**31  # a bigger file is not loaded (UNAVAILABLE, with the reason)
+    batching: bool = True  # False: every request is its own session.run (for comparisons)
     reuse_port: bool = False  # workers share the public port (SO_REUSEPORT)
     control_port: bool = False  # also listen on a private 127.0.0.1 port for peer workers
 
@@ -83,6 +84,7 @@ async def create_server(settings: Settings) -> Running:
         build_missing=settings.build_missing,
         max_queue=settings.max_queue,
         max_model_bytes=settings.max_model_bytes,
+        batching=settings.batching,
         on_batch=statistics.batch,
     )
     await registry.load_all()

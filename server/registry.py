@@ -159,8 +159,10 @@ class Registry:
         build_missing: bool = True,
         max_queue: int = 1024,
         max_model_bytes: int = 2**31,
+        batching: bool = True,
         on_batch: Callable[[str, str, BatchStats], None] | None = None,
     ) -> None:
+        self.batching = batching
         self.root = root
         self.max_model_bytes = max_model_bytes
         self.threads = threads
@@ -375,8 +377,8 @@ class Registry:
         if self.on_batch is not None:
             on_batch = self.on_batch
             version.report = lambda stats: on_batch(version.model, version.version, stats)
-        if version.serving.max_batch_size <= 0:
-            return
+        if version.serving.max_batch_size <= 0 or not self.batching:
+            return  # every request runs on its own, straight from the event loop's threads
         version.batcher = Batcher(
             version.model,
             version.run,
