@@ -15,6 +15,7 @@ from builder.errors import OnnxforgeError
 from onnxforge import __version__
 from onnxforge.cli_build import build, verify
 from onnxforge.cli_common import EXIT_USAGE
+from onnxforge.cli_edge import export_edge
 from onnxforge.cli_quantize import quantize
 from onnxforge.cli_serve import bench, infer, serve
 
@@ -25,7 +26,7 @@ def cli() -> None:
     """Build, verify, quantize and serve feed-forward networks as ONNX models."""
 
 
-for command in (build, verify, quantize, serve, infer, bench):
+for command in (build, verify, quantize, export_edge, serve, infer, bench):
     cli.add_command(command)
 
 
