@@ -10,6 +10,15 @@ The command line prints the message on one line and exits with code 2 for all of
 
 from __future__ import annotations
 
+import re
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def one_line(text: str) -> str:
+    """``text`` with control characters (newlines too) shown escaped: messages stay one line."""
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode(), text)
+
 
 class OnnxforgeError(Exception):
     """Base class: the message is one line, names the file and what is wrong."""
@@ -28,7 +37,7 @@ class SpecError(OnnxforgeError):
         self.field = field
         self.reason = reason
         parts = [part for part in (file, where, field) if part]
-        super().__init__(": ".join([*parts, reason]))
+        super().__init__(one_line(": ".join([*parts, reason])))
 
 
 class ArtifactError(OnnxforgeError):

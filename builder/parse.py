@@ -27,6 +27,15 @@ class _SpecLoader(yaml.SafeLoader):
         seen: set[Any] = set()
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
+            try:
+                hash(key)
+            except TypeError:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    "a key must be a plain value, not a list or mapping",
+                    key_node.start_mark,
+                ) from None
             if isinstance(key, str) and key in seen:
                 raise yaml.constructor.ConstructorError(
                     None, None, f"key '{key}' appears twice", key_node.start_mark
@@ -85,6 +94,15 @@ def _refuse_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 def _parse_text(text: str, path: Path) -> Any:
+    try:
+        return _parse(text, path)
+    except RecursionError:
+        raise SpecError(str(path), "", "", "nested too deeply to be a spec") from None
+    except ValueError as error:  # e.g. an integer of thousands of digits
+        raise SpecError(str(path), "", "", f"not a valid spec: {error}") from None
+
+
+def _parse(text: str, path: Path) -> Any:
     file = str(path)
     if path.suffix.lower() == ".json":
         try:
@@ -156,7 +174,10 @@ def _plain(message: str) -> str:
 
 
 def _short(value: Any) -> str:
-    text = repr(value)
+    try:
+        text = repr(value)
+    except ValueError:  # Python refuses to print integers of more than 4300 digits
+        return "an enormous number"
     return text if len(text) <= 60 else text[:57] + "..."
 
 

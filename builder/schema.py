@@ -57,6 +57,8 @@ def _int_to_str(value: Any) -> Any:
 
 LayerName = Annotated[str, BeforeValidator(_int_to_str), Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 PositiveInt = Annotated[int, Field(gt=0)]
+MAX_DIM = 2**31 - 1  # ONNX Runtime and the protocol count elements in 32 bits in places
+Dim = Annotated[int, Field(gt=0, le=MAX_DIM)]
 PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 Probability = Annotated[float, Field(ge=0, le=1)]
@@ -139,7 +141,7 @@ IDENTITY = Activation(name="identity")
 class DenseLayer(StrictModel):
     type: Literal["dense"]
     name: LayerName | None = None
-    units: PositiveInt
+    units: Dim
     activation: ActivationField = IDENTITY
     init: Literal[INIT_SCHEMES] = "glorot_uniform"  # type: ignore[valid-type]
     use_bias: bool = True  # false: no bias parameter (PyTorch bias=False, Keras use_bias=False)
@@ -239,7 +241,7 @@ class Distribution(StrictModel):
 
 class InputSpec(StrictModel):
     name: TensorName = "x"
-    shape: Annotated[list[PositiveInt], Field(min_length=1)]
+    shape: Annotated[list[Dim], Field(min_length=1, max_length=8)]
     dtype: Literal["float32"] = "float32"
     distribution: Distribution = Distribution(normal=NormalDistribution())
     # A network cannot handle missing data: servers refuse NaN/Inf inputs unless this is true.

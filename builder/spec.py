@@ -21,6 +21,7 @@ from builder import runtime
 from builder.activations import CLASSIFIER_ACTIVATIONS
 from builder.errors import SpecError
 from builder.schema import (
+    MAX_DIM,
     Activation,
     ActivationLayer,
     BatchNormLayer,
@@ -32,6 +33,8 @@ from builder.schema import (
     NormalizeLayer,
 )
 from builder.weights import PARAMS, WeightsFile, default_params, load_npz
+
+MAX_PARAMETERS = 2**29  # 2 GB of float32: protobuf's limit for one ONNX file
 
 
 @dataclass(frozen=True)
@@ -151,9 +154,27 @@ def resolve(document: Document, path: Path | None = None) -> Spec:
     names = _layer_names(document, file)
     layers: list[Layer] = []
     shape = tuple(document.input.shape)
+    total = 0
     for index, (config, name) in enumerate(zip(document.layers, names, strict=True)):
         label = f'layers[{index}] ({config.type} "{name}")'
         out_shape, shapes = _shapes(config, shape, document.weight_layout, file, label)
+        # Refuse sizes no ONNX file can hold before allocating anything.
+        total += sum(math.prod(dims) for dims in shapes.values())
+        if total > MAX_PARAMETERS:
+            raise SpecError(
+                file,
+                label,
+                "",
+                f"the network would hold {total:,} parameters; an "
+                f"ONNX file holds at most {MAX_PARAMETERS:,} (2 GB of float32)",
+            )
+        if math.prod(out_shape) > MAX_DIM:
+            raise SpecError(
+                file,
+                label,
+                "",
+                f"output of {math.prod(out_shape):,} values per row; at most {MAX_DIM:,}",
+            )
         params: dict[str, np.ndarray] = {}
         if weights is not None:
             note = _layout_note(config, document.weight_layout)

@@ -41,7 +41,11 @@ IGNORED: Mapping[str, frozenset[str]] = {"batchnorm": frozenset({"num_batches_tr
 
 def load_npz(path: Path, spec_file: str) -> dict[str, np.ndarray]:
     """Every array in ``path``, refusing pickled objects."""
-    if not path.exists():
+    try:
+        exists = path.exists()
+    except OSError as error:  # e.g. a name too long for the file system
+        raise SpecError(spec_file, "", "weights", f"cannot open {path}: {error.strerror}") from None
+    if not exists:
         raise SpecError(spec_file, "", "weights", f"file not found: {path}")
     if not path.is_file():
         raise SpecError(spec_file, "", "weights", f"{path} is not a file")
