@@ -98,7 +98,9 @@ def _parse_text(text: str, path: Path) -> Any:
         return _parse(text, path)
     except RecursionError:
         raise SpecError(str(path), "", "", "nested too deeply to be a spec") from None
-    except ValueError as error:  # e.g. an integer of thousands of digits
+    except ValueError as error:
+        if "digits" in str(error):  # Python's guard against integers of thousands of digits
+            raise SpecError(str(path), "", "", "holds an integer too long to be read") from None
         raise SpecError(str(path), "", "", f"not a valid spec: {error}") from None
 
 

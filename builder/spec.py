@@ -283,6 +283,10 @@ def _normalize_params(
 
 
 def _check_expose(document: Document, layers: list[Layer], file: str) -> None:
+    if document.output.name == document.input.name:
+        raise SpecError(
+            file, "", "output.name", f"'{document.output.name}' is already the input's name"
+        )
     by_name = {layer.name: layer for layer in layers}
     taken = {document.input.name, document.output.name}
     for position, name in enumerate(document.expose):

@@ -13,11 +13,10 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from server.generated import inference_pb2_grpc as pb_grpc
 from server.metrics import Metrics
 from server.registry import Registry
 from server.security import Security
-from server.service import SERVICE_NAME, HealthServicer, InferenceService
+from server.service import SERVICE_NAME, HealthServicer, InferenceService, register
 from server.stats import Statistics
 from server.watch import Watcher
 
@@ -101,7 +100,7 @@ async def create_server(settings: Settings) -> Running:
     ]
     security = settings.security
     server = grpc.aio.server(options=options, interceptors=security.interceptors())
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(service, server)
+    register(service, server)
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     # Reflection lets grpcurl and other tools work without the .proto file.
     reflection.enable_server_reflection(

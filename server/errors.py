@@ -37,10 +37,17 @@ __all__ = [
 ]
 
 
+MAX_MESSAGE = 1000  # characters
+
+
 class ServingError(Exception):
     """An error answered to the client with ``code`` and ``message``."""
 
     def __init__(self, message: str, code: grpc.StatusCode) -> None:
+        # Names from a request end up in messages; a status message travels in a header,
+        # and a client drops headers beyond 8-16 KiB, so keep every message short.
+        if len(message) > MAX_MESSAGE:
+            message = message[: MAX_MESSAGE - 3] + "..."
         super().__init__(message)
         self.message = message
         self.code = code

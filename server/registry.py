@@ -17,6 +17,7 @@ import logging
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,6 +78,10 @@ class Version:
     serving: Serving
     batcher: Batcher | None = None
     report: Callable[[BatchStats], None] | None = None  # told about every session run
+    # Threads of this model alone: a slow model's backlog never holds up another model.
+    executor: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="onnxforge-model")
+    )
 
     @property
     def variant(self) -> str:
@@ -103,12 +108,25 @@ class Version:
     ) -> dict[str, np.ndarray]:
         if self.batcher is not None:
             return await self.batcher.submit(inputs, outputs, deadline)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, self._run_and_report, inputs, outputs)
+
+    def _run_and_report(
+        self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str]
+    ) -> dict[str, np.ndarray]:
+        # Reported from the worker thread: a run whose caller left still counts.
         started = time.monotonic_ns()
-        results = await asyncio.to_thread(self.run, inputs, outputs)
+        results = self.run(inputs, outputs)
         if self.report is not None:
             rows = len(next(iter(inputs.values()))) if inputs else 0
             self.report(BatchStats(1, rows, [0], time.monotonic_ns() - started))
         return results
+
+    async def close(self) -> None:
+        """Finish what is queued and running, then release the threads."""
+        if self.batcher is not None:
+            await self.batcher.close()
+        await asyncio.to_thread(self.executor.shutdown, wait=True)
 
 
 @dataclass
@@ -236,10 +254,14 @@ class Registry:
                     )
                 built += [artifact.name for artifact in made]
             except Exception as error:  # one broken spec must not stop the others
-                log.error("cannot build %s: %s", folder, error)
-                self.entries[folder.parent.name] = Entry(
-                    folder.parent.name, State.UNAVAILABLE, f"build failed: {error}"
-                )
+                name = folder.parent.name
+                reason = f"build failed: {' '.join(str(error).split())}"
+                log.error("cannot build %s: %s", folder, reason)
+                previous = self.entries.get(name)
+                if previous is not None and previous.state == State.READY:
+                    previous.reason = reason + " (previous version still serving)"
+                else:
+                    self.entries[name] = Entry(name, State.UNAVAILABLE, reason)
         return built
 
     @staticmethod
@@ -290,10 +312,10 @@ class Registry:
             return entry
 
     async def unload(self, name: str) -> None:
-        entry = self.entries.get(name)
-        if entry is None:
+        if name not in self.entries:
             raise ModelNotFound(name, available=list(self.entries))
-        async with self._lock(name):
+        async with self._lock(name):  # a load in progress finishes first
+            entry = self.entries[name]
             entry.state = State.UNLOADING
             await self._close(entry)
             self.entries[name] = Entry(name, State.UNAVAILABLE, "unloaded")
@@ -306,8 +328,7 @@ class Registry:
     @staticmethod
     async def _close(entry: Entry) -> None:
         for version in entry.versions.values():
-            if version.batcher is not None:
-                await version.batcher.close()
+            await version.close()
 
     def _inside(self, path: Path) -> bool:
         """Whether ``path``, symlinks followed, stays inside the repository."""
@@ -371,7 +392,10 @@ class Registry:
         )
         if not batched:
             serving = Serving(0, 0, serving.instances, serving.max_queue)
-        return Version(name, version, path, session, inputs, outputs, props, serving)
+        threads = ThreadPoolExecutor(max(1, serving.instances), thread_name_prefix=f"model-{name}")
+        return Version(
+            name, version, path, session, inputs, outputs, props, serving, executor=threads
+        )
 
     def _attach_batcher(self, version: Version) -> None:
         if self.on_batch is not None:
@@ -386,6 +410,7 @@ class Registry:
             max_queue_delay_us=version.serving.max_queue_delay_us,
             max_queue=version.serving.max_queue,
             instances=version.serving.instances,
+            executor=version.executor,
             on_batch=version.report,
         )
 

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2
 from grpc_health.v1._async import HealthServicer  # what grpc_health.v1.health.aio names
 
@@ -45,6 +46,8 @@ def _answers(
     async def wrapper(
         self: InferenceService, request: Any, context: grpc.aio.ServicerContext
     ) -> Response:
+        if isinstance(request, Undecodable):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
         try:
             return await method(self, request, context)
         except ServingError as error:
@@ -57,6 +60,50 @@ def _answers(
         raise AssertionError("unreachable")  # abort() always raises
 
     return wrapper
+
+
+class Undecodable:
+    """A request whose bytes are not the message the method takes."""
+
+    def __init__(self, kind: str, error: Exception) -> None:
+        self.message = f"the request is not a valid {kind} message: {error}"
+
+
+def _lenient(message_class: Any) -> Callable[[bytes], Any]:
+    """A deserializer that hands bad bytes to the servicer instead of failing inside gRPC."""
+
+    def parse(data: bytes) -> Any:
+        try:
+            return message_class.FromString(data)
+        except DecodeError as error:
+            return Undecodable(message_class.DESCRIPTOR.name, error)
+
+    return parse
+
+
+def register(service: InferenceService, server: grpc.aio.Server) -> None:
+    """Add ``service`` to ``server``: the generated handlers, with lenient deserializers."""
+    descriptor = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+    handlers = {}
+    for method in descriptor.methods:
+        request, response = (
+            getattr(pb, method.input_type.name),
+            getattr(pb, method.output_type.name),
+        )
+        make = {
+            (False, False): grpc.unary_unary_rpc_method_handler,
+            (True, True): grpc.stream_stream_rpc_method_handler,
+            (False, True): grpc.unary_stream_rpc_method_handler,
+            (True, False): grpc.stream_unary_rpc_method_handler,
+        }[(method.client_streaming, method.server_streaming)]
+        handlers[method.name] = make(
+            getattr(service, method.name),
+            request_deserializer=_lenient(request),
+            response_serializer=response.SerializeToString,
+        )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(descriptor.full_name, handlers),)
+    )
 
 
 class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
@@ -222,6 +269,9 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: Any
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
         async for request in request_iterator:
+            if isinstance(request, Undecodable):
+                yield pb.ModelStreamInferResponse(error_message=request.message)
+                continue
             try:
                 response = await self._infer(request, None)
             except ServingError as error:

@@ -82,6 +82,9 @@ class Watcher:
                     await self.registry.unload(name)
                     self.registry.entries[name].reason = "removed from the repository"
                 continue
+            entry = self.registry.entries.get(name)
+            if entry is not None and entry.reason.startswith("build failed"):
+                continue  # the old files still serve; the reason says why nothing changed
             if name in self.registry.names():
                 log.info("watch: %s changed, reloading", name)
                 entry = await self.registry.load(name)
