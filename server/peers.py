@@ -9,6 +9,7 @@ Together they behave as one server.
 from __future__ import annotations
 
 import asyncio
+import hmac
 from collections.abc import Iterable
 from typing import Any
 
@@ -22,16 +23,23 @@ _MARK = ((PEER_HEADER, "1"),)
 _TIMEOUT = 120.0  # a load may build and open a large model
 
 
-def forwarded(context: Any) -> bool:
-    """Whether this call came from another worker (and must not be passed on again)."""
-    return any(key == PEER_HEADER for key, _ in (context.invocation_metadata() or ()))
+def forwarded(context: Any, token: str) -> bool:
+    """Whether this call came from another worker (and must not be passed on again).
+
+    The mark counts only with the server's internal token, so that a client cannot make a
+    load or unload stop at the one worker it happens to reach.
+    """
+    metadata = dict(context.invocation_metadata() or ())
+    return PEER_HEADER in metadata and hmac.compare_digest(
+        str(metadata.get("authorization", "")).encode(), f"Bearer {token}".encode()
+    )
 
 
 class Peers:
-    def __init__(self, addresses: Iterable[str], token: str | None = None) -> None:
+    def __init__(self, addresses: Iterable[str], token: str) -> None:
         self.addresses = list(addresses)
-        # The server's internal token: peers pass its authentication like any client.
-        self._metadata = _MARK + ((("authorization", f"Bearer {token}"),) if token else ())
+        self.token = token  # the server's internal token: it marks calls between workers
+        self._metadata = (*_MARK, ("authorization", f"Bearer {token}"))
         self._channels = [grpc.aio.insecure_channel(address) for address in self.addresses]
         self._stubs = [pb_grpc.GRPCInferenceServiceStub(channel) for channel in self._channels]
 

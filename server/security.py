@@ -18,6 +18,7 @@ from typing import Any
 import grpc
 
 TOKENS_ENV = "ONNXFORGE_AUTH_TOKENS"  # comma-separated, instead of (or besides) a file
+INTERNAL_TOKEN_ENV = "ONNXFORGE_INTERNAL_TOKEN"
 SERVICE = "/inference.GRPCInferenceService/"
 OPEN_METHODS = frozenset(
     {
@@ -57,8 +58,11 @@ class Security:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_client_ca: Path | None = None  # mutual TLS: clients must show a certificate it signed
-    # Lets the workers of one server call each other; made fresh for every start.
-    internal_token: str = field(default_factory=lambda: secrets.token_urlsafe(32))
+    # Lets the workers of one server call each other; made fresh for every start unless
+    # ONNXFORGE_INTERNAL_TOKEN sets it (tests use that to talk to one worker as a peer).
+    internal_token: str = field(
+        default_factory=lambda: os.environ.get(INTERNAL_TOKEN_ENV) or secrets.token_urlsafe(32)
+    )
 
     @classmethod
     def from_options(

@@ -158,7 +158,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         self, request: pb.ServerReadyRequest, context: Any
     ) -> pb.ServerReadyResponse:
         ready = self.ready()
-        if ready and self.peers is not None and not forwarded(context):
+        if ready and self.peers is not None and not forwarded(context, self.peers.token):
             ready = await self.peers.ready()
         return pb.ServerReadyResponse(ready=ready)
 
@@ -171,7 +171,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         except ServingError:
             return pb.ModelReadyResponse(ready=False)
         ready = not self.draining
-        if ready and self.peers is not None and not forwarded(context):
+        if ready and self.peers is not None and not forwarded(context, self.peers.token):
             ready = await self.peers.model_ready(request.name, request.version)
         return pb.ModelReadyResponse(ready=ready)
 
@@ -319,7 +319,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         # KServe's own proto puts the model name in field 1 (our repository_name).
         name = request.model_name or request.repository_name
         entry = await self.registry.load(name)
-        if self.peers is not None and not forwarded(context):
+        if self.peers is not None and not forwarded(context, self.peers.token):
             await self.peers.load(name)
         await self.sync_health()
         if entry.state != State.READY:
@@ -335,7 +335,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     ) -> pb.RepositoryModelUnloadResponse:
         name = request.model_name or request.repository_name
         await self.registry.unload(name)
-        if self.peers is not None and not forwarded(context):
+        if self.peers is not None and not forwarded(context, self.peers.token):
             await self.peers.unload(name)
         await self.sync_health()
         return pb.RepositoryModelUnloadResponse()
@@ -389,6 +389,6 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
                     ],
                 )
             )
-        if self.peers is not None and not forwarded(context):
+        if self.peers is not None and not forwarded(context, self.peers.token):
             out = merge_statistics([*out, *await self.peers.statistics(request)])
         return pb.ModelStatisticsResponse(model_stats=out)

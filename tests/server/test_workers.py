@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import urllib.request
@@ -16,8 +17,12 @@ from server.client import InferenceClient
 from server.generated import inference_pb2 as pb
 from server.generated import inference_pb2_grpc as pb_grpc
 from server.peers import PEER_HEADER
+from server.security import INTERNAL_TOKEN_ENV
 from tests.conftest import MODELS
 from tests.server.test_cli_serve import ServeProcess
+
+PEER_TOKEN = "peer-token-for-tests"
+AS_PEER = [(PEER_HEADER, "1"), ("authorization", f"Bearer {PEER_TOKEN}")]
 
 SPEC = load_spec(MODELS / "digits-mlp" / "spec.yaml")
 
@@ -28,9 +33,13 @@ def workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
     (repository / "digits-mlp").mkdir()
     for file in ("spec.yaml", "weights.npz"):
         shutil.copy(MODELS / "digits-mlp" / file, repository / "digits-mlp" / file)
-    server = ServeProcess(
-        repository, "--workers", "2", pattern=r"serving with 2 workers on 127\.0\.0\.1:(\d+)"
-    )
+    os.environ[INTERNAL_TOKEN_ENV] = PEER_TOKEN  # inherited by the server: we may act as a peer
+    try:
+        server = ServeProcess(
+            repository, "--workers", "2", pattern=r"serving with 2 workers on 127\.0\.0\.1:(\d+)"
+        )
+    finally:
+        del os.environ[INTERNAL_TOKEN_ENV]
     yield server
     if server.process.poll() is None:
         server.process.kill()
@@ -49,9 +58,7 @@ def _local_successes(control_port: str) -> int:
     """One worker's own count, asked on its private port as a peer would."""
     channel, stub = _stub(f"127.0.0.1:{control_port}")
     with channel:
-        stats = stub.ModelStatistics(
-            pb.ModelStatisticsRequest(name="digits-mlp"), metadata=[(PEER_HEADER, "1")]
-        )
+        stats = stub.ModelStatistics(pb.ModelStatisticsRequest(name="digits-mlp"), metadata=AS_PEER)
     return stats.model_stats[0].inference_stats.success.count if stats.model_stats else 0
 
 
@@ -107,17 +114,38 @@ def test_a_model_is_ready_only_when_it_is_ready_in_every_worker(workers: ServePr
     with alone:  # unload in worker 0 only, as a peer would (the header stops forwarding)
         alone_stub.RepositoryModelUnload(
             pb.RepositoryModelUnloadRequest(model_name="digits-mlp-int8-static"),
-            metadata=[(PEER_HEADER, "1")],
+            metadata=AS_PEER,
         )
     other, other_stub = _stub(f"127.0.0.1:{controls[1]}")
     with other:
         request = pb.ModelReadyRequest(name="digits-mlp-int8-static")
-        assert other_stub.ModelReady(request, metadata=[(PEER_HEADER, "1")]).ready  # itself
+        assert other_stub.ModelReady(request, metadata=AS_PEER).ready  # itself
         assert not other_stub.ModelReady(request).ready  # but not in every worker
     channel, stub = _stub(workers.url)
     with channel:
         stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="digits-mlp-int8-static"))
         assert stub.ModelReady(pb.ModelReadyRequest(name="digits-mlp-int8-static")).ready
+
+
+def test_a_client_cannot_pose_as_a_peer(workers: ServeProcess) -> None:
+    """The peer mark without the internal token is ignored: the unload reaches every worker."""
+    channel, stub = _stub(workers.url)
+    with channel:
+        stub.RepositoryModelUnload(
+            pb.RepositoryModelUnloadRequest(model_name="digits-mlp-fp16"),
+            metadata=[(PEER_HEADER, "1")],
+        )
+    controls = re.findall(
+        r"worker \d: pid \d+, control port 127\.0\.0\.1:(\d+)", "".join(workers.lines)
+    )
+    for port in controls:
+        own, own_stub = _stub(f"127.0.0.1:{port}")
+        with own:
+            request = pb.ModelReadyRequest(name="digits-mlp-fp16")
+            assert not own_stub.ModelReady(request, metadata=AS_PEER).ready
+    channel, stub = _stub(workers.url)
+    with channel:
+        stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="digits-mlp-fp16"))
 
 
 def test_sigterm_stops_every_worker_with_exit_0(workers: ServeProcess) -> None:
