@@ -186,3 +186,24 @@ def test_token_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         read_tokens(tmp_path / "empty")
     with pytest.raises(SecurityError, match="go together"):
         Security.from_options(tls_cert=file)
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        ("127.0.0.1", True),
+        ("localhost", True),
+        ("::1", True),
+        ("[::1]", True),
+        ("127.0.0.2", True),
+        ("0.0.0.0", False),
+        ("::", False),
+        ("10.1.2.3", False),
+        ("my-host.example", False),
+    ],
+)
+def test_which_binds_count_as_local(host: str, loopback: bool) -> None:
+    # Binding anything that is not loopback without TLS logs a warning (server.app).
+    from server.app import _loopback
+
+    assert _loopback(host) is loopback
