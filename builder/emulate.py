@@ -200,7 +200,7 @@ def _integer_product(xq: np.ndarray, zx: np.ndarray, dense: _QuantizedDense) -> 
 def _rescaled(acc: np.ndarray, x_scale: np.ndarray, dense: _QuantizedDense) -> np.ndarray:
     # Mul(x_scale, w_scale) then Mul(Cast<float>(acc), that), both float32.
     multiplier = np.float32(x_scale) * dense.weight_scale.astype(np.float32)
-    return acc.astype(np.float32) * multiplier
+    return np.asarray(acc.astype(np.float32) * multiplier)
 
 
 def _activate(layer: Layer, summed: np.ndarray) -> np.ndarray:

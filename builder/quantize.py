@@ -62,7 +62,7 @@ class QuantizeOptions:
         return settings
 
 
-class _Batches(CalibrationDataReader):
+class _Batches(CalibrationDataReader):  # type: ignore[misc]  # onnxruntime: no types
     """Feeds calibration rows to ONNX Runtime's calibrator in fixed-size batches."""
 
     def __init__(self, input_name: str, rows: np.ndarray) -> None:
@@ -88,7 +88,10 @@ def quantize(
     if variant == "fp16":
         from onnxruntime.transformers.float16 import convert_float_to_float16
 
-        return convert_float_to_float16(copy.deepcopy(model), keep_io_types=True)
+        converted: onnx.ModelProto = convert_float_to_float16(
+            copy.deepcopy(model), keep_io_types=True
+        )
+        return converted
     # ORT's quantizers read and write files (and change the model they are given), and log
     # advice through the root logger that does not apply to graphs built here.
     with tempfile.TemporaryDirectory(prefix="onnxforge-quantize-") as folder, _quiet_root_log():

@@ -26,21 +26,21 @@ _erf = np.vectorize(math.erf, otypes=[np.float64])
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     # exp of -|x| never overflows; the two branches are the same function.
     e = np.exp(-np.abs(x))
-    return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+    return np.asarray(np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e)))
 
 
 def _softplus(x: np.ndarray) -> np.ndarray:
-    return np.logaddexp(0.0, x)
+    return np.asarray(np.logaddexp(0.0, x))
 
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:
     shifted = x - x.max(axis=-1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+    return np.asarray(shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True)))
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:
     e = np.exp(x - x.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
+    return np.asarray(e / e.sum(axis=-1, keepdims=True))
 
 
 def _elu(x: np.ndarray, alpha: float) -> np.ndarray:
@@ -50,7 +50,7 @@ def _elu(x: np.ndarray, alpha: float) -> np.ndarray:
 def _gelu(x: np.ndarray, approximate: str) -> np.ndarray:
     if approximate == "tanh":
         return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
-    return 0.5 * x * (1.0 + _erf(x / math.sqrt(2.0)))
+    return np.asarray(0.5 * x * (1.0 + _erf(x / math.sqrt(2.0))))
 
 
 ACTIVATIONS: Mapping[str, Callable[..., np.ndarray]] = {
@@ -97,14 +97,14 @@ def _batchnorm(layer: Layer, x: np.ndarray, layout: str) -> np.ndarray:
         return _param(layer, key).reshape(axes)
 
     scale = shaped("scale") / np.sqrt(shaped("var") + layer.epsilon)
-    return (x - shaped("mean")) * scale + shaped("bias")
+    return np.asarray((x - shaped("mean")) * scale + shaped("bias"))
 
 
 def _layernorm(layer: Layer, x: np.ndarray, layout: str) -> np.ndarray:
     mean = x.mean(axis=-1, keepdims=True)
     var = ((x - mean) ** 2).mean(axis=-1, keepdims=True)
     normed = (x - mean) / np.sqrt(var + layer.epsilon)
-    return normed * _param(layer, "scale") + _param(layer, "bias")
+    return np.asarray(normed * _param(layer, "scale") + _param(layer, "bias"))
 
 
 LAYERS: Mapping[str, Callable[[Layer, np.ndarray, str], np.ndarray]] = {

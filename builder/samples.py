@@ -66,7 +66,7 @@ def load_rows(path: Path, shape: Sequence[int | None], what: str) -> np.ndarray:
         array = array.astype(np.float32)
     if not np.isfinite(array).all():
         raise SpecError(file, "", "", "holds NaN or Inf values (beyond float32 range counts too)")
-    return array
+    return np.asarray(array)
 
 
 _NPY_MAGIC = b"\x93NUMPY"

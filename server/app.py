@@ -11,12 +11,13 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer  # what grpc_health.v1.health.aio names
 from grpc_reflection.v1alpha import reflection
 
 from server.metrics import Metrics
 from server.registry import Registry
 from server.security import Security
-from server.service import SERVICE_NAME, HealthServicer, InferenceService, register
+from server.service import SERVICE_NAME, InferenceService, register
 from server.stats import Statistics
 from server.watch import Watcher
 

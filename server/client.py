@@ -129,7 +129,9 @@ class InferenceClient:
         )
 
     def metadata(self, model: str, version: str = "") -> pb.ModelMetadataResponse:
-        return self._call("ModelMetadata", pb.ModelMetadataRequest(name=model, version=version))
+        request = pb.ModelMetadataRequest(name=model, version=version)
+        response: pb.ModelMetadataResponse = self._call("ModelMetadata", request)
+        return response
 
     def infer(
         self,
@@ -176,7 +178,8 @@ class AsyncInferenceClient:
 
     async def metadata(self, model: str, version: str = "") -> pb.ModelMetadataResponse:
         request = pb.ModelMetadataRequest(name=model, version=version)
-        return await self._call("ModelMetadata", request)
+        response: pb.ModelMetadataResponse = await self._call("ModelMetadata", request)
+        return response
 
     async def infer(
         self,

@@ -190,7 +190,7 @@ def input_arrays(request: pb.ModelInferRequest) -> dict[str, np.ndarray]:
     return arrays
 
 
-def input_array(tensor: InputTensor, raw: bytes | None) -> np.ndarray:
+def input_array(tensor: InputTensor | OutputTensor, raw: bytes | None) -> np.ndarray:
     """Decode one input tensor: from ``raw`` bytes when given, else from its typed contents.
 
     Raw numeric data becomes a read-only view of ``raw`` (no copy), shaped as the tensor.

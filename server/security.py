@@ -152,7 +152,7 @@ def _refusal(
     )
 
 
-class AuthInterceptor(grpc.aio.ServerInterceptor):
+class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc: no types
     def __init__(self, security: Security) -> None:
         self.security = security
 

@@ -106,7 +106,7 @@ def register(service: InferenceService, server: grpc.aio.Server) -> None:
     )
 
 
-class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
+class InferenceService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
     """Answers every RPC of ``inference.GRPCInferenceService`` from a ``Registry``."""
 
     def __init__(

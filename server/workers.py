@@ -117,7 +117,7 @@ def run_workers(settings: Settings, workers: int, level: str = "info", fmt: str 
         metrics_port = None
         if settings.metrics_port is not None:
             registry = CollectorRegistry()
-            multiprocess.MultiProcessCollector(registry)
+            multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
             http, _ = start_http_server(
                 settings.metrics_port, addr=settings.host, registry=registry
             )
