@@ -8,6 +8,7 @@ failure leaves no half-written file; a file whose bytes would not change is not 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import tempfile
 from collections.abc import Iterable, Sequence
@@ -24,6 +25,8 @@ from builder.quantize import QuantizeOptions
 from builder.spec import Spec
 from builder.triton import config_pbtxt
 from builder.variants import Calibration, make_variant
+
+log = logging.getLogger("onnxforge.builder")
 
 VERSION_DIR = "1"
 MODEL_FILE = "model.onnx"
@@ -98,6 +101,7 @@ def artifacts(
     rows: Calibration | None = None
     for variant in wanted:
         name = model_name(spec.name, variant)
+        log.info("building %s (%s) from %s", name, variant, spec.path or "a document")
         if variant == "fp32":
             built.append(
                 Artifact(spec, variant, name, fp32.SerializeToString(), config_pbtxt(spec, name))
@@ -128,6 +132,7 @@ def write(repository: Path, built: Iterable[Artifact]) -> list[Written]:
         path = model_path(repository, artifact.name)
         changed = _write_if_changed(path, artifact.model)
         changed |= _write_if_changed(path.parent.parent / CONFIG_FILE, artifact.config.encode())
+        log.info("%s: %s", path, "written" if changed else "unchanged")
         results.append(Written(artifact, path, changed))
     return results
 

@@ -6,6 +6,7 @@ exit code 2; a check that finds a model over tolerance or over budget exits 1.
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Sequence
 
@@ -14,7 +15,7 @@ import click
 from builder.errors import OnnxforgeError
 from onnxforge import __version__
 from onnxforge.cli_build import build, verify
-from onnxforge.cli_common import EXIT_USAGE
+from onnxforge.cli_common import EXIT_USAGE, OUTPUT
 from onnxforge.cli_edge import export_edge
 from onnxforge.cli_quantize import quantize
 from onnxforge.cli_serve import bench, infer, serve
@@ -22,8 +23,17 @@ from onnxforge.cli_serve import bench, infer, serve
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", prog_name="onnxforge")
-def cli() -> None:
-    """Build, verify, quantize and serve feed-forward networks as ONNX models."""
+@click.option("-q", "--quiet", is_flag=True, help="Print only errors (and --json output).")
+@click.option("-v", "--verbose", is_flag=True, help="Also log what is being done.")
+def cli(quiet: bool, verbose: bool) -> None:
+    """Build, verify, quantize and serve feed-forward networks as ONNX models.
+
+    Shell completion: eval "$(_ONNXFORGE_COMPLETE=bash_source onnxforge)" (or zsh_source,
+    fish_source).
+    """
+    OUTPUT.update(quiet=quiet, verbose=verbose)
+    if verbose:
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
 
 for command in (build, verify, quantize, export_edge, serve, infer, bench):

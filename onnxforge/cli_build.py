@@ -16,6 +16,7 @@ from onnxforge.cli_common import (
     json_option,
     load_all,
     parse_variants,
+    progress,
     quantization_options,
     repository_option,
     specs_argument,
@@ -23,6 +24,7 @@ from onnxforge.cli_common import (
 
 if TYPE_CHECKING:
     from builder.accuracy import Report
+    from builder.spec import Spec
     from builder.verify import ModelCheck, VariantCheck
 
 
@@ -61,13 +63,15 @@ def build(
     loaded = load_all(find_specs(specs, repository))
     # Build everything in memory before writing anything: a bad spec or file leaves no trace.
     built, refused = [], []
-    for spec in loaded:
-        options = quantize_options(
-            spec, method=calibration_method, per_channel=per_channel, reduce_range=reduce_range
-        )
-        made, missed = artifacts(spec, chosen, calibration, options)
-        built += made
-        refused += [(spec, report) for report in missed]
+    with progress("build", len(loaded)) as step:
+        for spec in loaded:
+            step(spec.name)
+            options = quantize_options(
+                spec, method=calibration_method, per_channel=per_channel, reduce_range=reduce_range
+            )
+            made, missed = artifacts(spec, chosen, calibration, options)
+            built += made
+            refused += [(spec, report) for report in missed]
     results = write(repository, built)
     rows: list[dict[str, Any]] = [
         {
@@ -183,31 +187,16 @@ def verify(
 
     fp32 files must match to float32 precision; variants must stay inside their budget.
     """
-    import numpy as np
-
-    from builder import verify as checks
 
     fp32_checks: list[ModelCheck] = []
     variant_checks: list[VariantCheck] = []
-    for spec in load_all(find_specs(specs, repository)):
-        inputs = checks.sample_inputs(spec, samples, seed)
-        if input_file is not None:
-            inputs = np.concatenate([inputs, checks.load_inputs(input_file, spec)])
-        fp32_checks.append(
-            checks.verify_model(
-                spec,
-                repository,
-                "fp32",
-                inputs,
-                checks.DEFAULT_ATOL if atol is None else atol,
-                checks.DEFAULT_RTOL if rtol is None else rtol,
+    loaded = load_all(find_specs(specs, repository))
+    with progress("verify", len(loaded)) as step:
+        for spec in loaded:
+            step(spec.name)
+            _verify_one(
+                spec, repository, samples, seed, input_file, atol, rtol, fp32_checks, variant_checks
             )
-        )
-        variant_checks += [
-            checks.verify_variant(spec, repository, variant, inputs)
-            for variant in spec.document.variants
-            if variant != "fp32"
-        ]
     if as_json:
         click.echo(
             json.dumps(
@@ -220,6 +209,42 @@ def verify(
             _print_variants(variant_checks)
     if not (all(c.ok for c in fp32_checks) and all(c.ok for c in variant_checks)):
         raise SystemExit(EXIT_FAILED)
+
+
+def _verify_one(
+    spec: Spec,
+    repository: Path,
+    samples: int,
+    seed: int,
+    input_file: Path | None,
+    atol: float | None,
+    rtol: float | None,
+    fp32_checks: list[ModelCheck],
+    variant_checks: list[VariantCheck],
+) -> None:
+    """Check one spec's fp32 file and every variant it lists; append the results."""
+    import numpy as np
+
+    from builder import verify as checks
+
+    inputs = checks.sample_inputs(spec, samples, seed)
+    if input_file is not None:
+        inputs = np.concatenate([inputs, checks.load_inputs(input_file, spec)])
+    fp32_checks.append(
+        checks.verify_model(
+            spec,
+            repository,
+            "fp32",
+            inputs,
+            checks.DEFAULT_ATOL if atol is None else atol,
+            checks.DEFAULT_RTOL if rtol is None else rtol,
+        )
+    )
+    variant_checks += [
+        checks.verify_variant(spec, repository, variant, inputs)
+        for variant in spec.document.variants
+        if variant != "fp32"
+    ]
 
 
 def _check_json(result: ModelCheck) -> dict[str, Any]:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 if TYPE_CHECKING:
     from builder.spec import Spec
@@ -18,9 +20,47 @@ EXIT_FAILED = 1
 SPEC_PATTERNS = ("*/spec.yaml", "*/spec.yml", "*/spec.json")
 
 
+# Set by the top-level --quiet / --verbose flags.
+OUTPUT = {"quiet": False, "verbose": False}
+
+
 def console() -> Console:
     # Wide enough that tables do not wrap when piped to a file or another program.
-    return Console(width=None if sys.stdout.isatty() else 120, highlight=False)
+    return Console(
+        width=None if sys.stdout.isatty() else 120, highlight=False, quiet=OUTPUT["quiet"]
+    )
+
+
+@contextlib.contextmanager
+def progress(description: str, total: int) -> Iterator[Callable[[str], None]]:
+    """A progress bar on stderr for work of ``total`` steps; silent unless stderr is a terminal.
+
+    Yields ``step(label)``: call it as each step starts.
+    """
+    err = Console(stderr=True)
+    bar = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[label]}"),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+        disable=OUTPUT["quiet"] or not err.is_terminal,
+    )
+    with bar:
+        task = bar.add_task(description, total=total, label="")
+        started = False
+
+        def step(label: str) -> None:
+            nonlocal started
+            if started:
+                bar.advance(task)
+            started = True
+            bar.update(task, label=label)
+
+        yield step
+        bar.update(task, completed=total)
 
 
 def find_specs(specs: Sequence[Path], repository: Path) -> list[Path]:

@@ -10,7 +10,7 @@ from typing import Any
 import click
 from rich.table import Table
 
-from onnxforge.cli_common import console, json_option
+from onnxforge.cli_common import console, json_option, progress
 
 
 def security_options(command: Any) -> Any:
@@ -404,11 +404,14 @@ def bench(
 
     reach = connection(url, tls_ca, tls_cert, tls_key, token_file)
     levels = []
-    for clients in _concurrencies(concurrency):
-        try:
-            levels.append(asyncio.run(run_level(reach, model, clients, duration, rows)))
-        except grpc.aio.AioRpcError as error:
-            raise click.ClickException(f"{error.code().name}: {error.details()}") from None
+    counts = _concurrencies(concurrency)
+    with progress("bench", len(counts)) as step:
+        for clients in counts:
+            step(f"{clients} client(s), {duration:g} s")
+            try:
+                levels.append(asyncio.run(run_level(reach, model, clients, duration, rows)))
+            except grpc.aio.AioRpcError as error:
+                raise click.ClickException(f"{error.code().name}: {error.details()}") from None
     if plot_file is not None:
         plot(levels, model, str(plot_file))
     if as_json:

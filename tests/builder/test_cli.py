@@ -144,3 +144,17 @@ def test_console_entry_point_reports_a_bad_spec_without_traceback(
         result, spec, 'layers[0] (dense "hidden")', "units", ("must be greater than 0", "got -4")
     )
     assert_nothing_written(repository)
+
+
+def test_quiet_prints_nothing_and_verbose_says_what_it_does(
+    run_cli: Callable[..., CliResult], write_spec: Callable[..., Path], tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    spec = write_spec(mlp_document())
+    quiet = run_cli("-q", "build", spec, "-r", tmp_path / "repo")
+    assert quiet.code == 0 and quiet.out == "" and quiet.err == ""
+    assert (tmp_path / "repo" / "tiny" / "1" / "model.onnx").is_file()
+    caplog.set_level("INFO")
+    verbose = run_cli("-v", "build", spec, "-r", tmp_path / "repo")
+    assert verbose.code == 0
+    assert "building tiny (fp32)" in caplog.text and "unchanged" in caplog.text
