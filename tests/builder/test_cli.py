@@ -147,7 +147,9 @@ def test_console_entry_point_reports_a_bad_spec_without_traceback(
 
 
 def test_quiet_prints_nothing_and_verbose_says_what_it_does(
-    run_cli: Callable[..., CliResult], write_spec: Callable[..., Path], tmp_path: Path,
+    run_cli: Callable[..., CliResult],
+    write_spec: Callable[..., Path],
+    tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     spec = write_spec(mlp_document())
