@@ -154,11 +154,11 @@ async def create_server(settings: Settings) -> Running:
 
 async def serve(settings: Settings) -> None:
     """Run until SIGTERM or SIGINT, then shut down gracefully."""
-    running = await create_server(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in (signal.SIGTERM, signal.SIGINT):  # before loading: a signal then is not lost
         loop.add_signal_handler(sig, stop.set)
+    running = await create_server(settings)
     await stop.wait()
     log.info("shutting down: finishing in-flight requests")
     await running.stop(settings.grace_seconds)

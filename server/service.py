@@ -30,6 +30,9 @@ from server.stats import ModelStats, Statistics
 
 log = logging.getLogger("onnxforge.server")
 SERVICE_NAME = "inference.GRPCInferenceService"
+# SERVING while the process runs, whatever the models do: for liveness probes, which
+# should not restart a server because one model failed to load.
+LIVE_SERVICE = "onnxforge.Live"
 # Reasons a model is not ready that do not make the server unready.
 DELIBERATE = frozenset({"unloaded", "removed from the repository"})
 EXTENSIONS = ["model_repository", "statistics", "model_repository(unload_dependents)"]
@@ -139,6 +142,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[mi
             health_pb2.HealthCheckResponse.SERVING,
             health_pb2.HealthCheckResponse.NOT_SERVING,
         )
+        await self.health.set(LIVE_SERVICE, not_serving if self.draining else serving)
         await self.health.set("", serving if self.ready() else not_serving)
         await self.health.set(SERVICE_NAME, serving if self.ready() else not_serving)
         for name, entry in self.registry.entries.items():

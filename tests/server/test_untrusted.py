@@ -86,3 +86,34 @@ def test_a_busy_port_is_an_error_not_a_shared_port(tmp_path: Path) -> None:
     finally:
         first.stop()
     shutil.rmtree(tmp_path / "good")
+
+
+def test_liveness_stays_serving_when_a_model_is_broken(tmp_path: Path) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    _model(tmp_path, "good")
+    (tmp_path / "broken" / "1").mkdir(parents=True)
+    (tmp_path / "broken" / "1" / "model.onnx").write_bytes(b"garbage")
+    server = ServerThread(Settings(repository=tmp_path, port=0, metrics_port=None)).start()
+    try:
+        with grpc.insecure_channel(server.address) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+
+            def status(service: str) -> int:
+                return health.Check(health_pb2.HealthCheckRequest(service=service)).status
+
+            assert status("onnxforge.Live") == health_pb2.HealthCheckResponse.SERVING
+            assert status("") == health_pb2.HealthCheckResponse.NOT_SERVING
+            assert status("good") == health_pb2.HealthCheckResponse.SERVING
+            assert status("broken") == health_pb2.HealthCheckResponse.NOT_SERVING
+    finally:
+        server.stop()
+
+
+def test_written_files_are_readable_by_others(tmp_path: Path) -> None:
+    import stat
+
+    _model(tmp_path, "good")
+    ServerThread(Settings(repository=tmp_path, port=0, metrics_port=None)).start().stop()
+    for file in (tmp_path / "good" / "1" / "model.onnx", tmp_path / "good" / "config.pbtxt"):
+        assert file.stat().st_mode & stat.S_IROTH, file  # with the usual umask 022
