@@ -17,6 +17,7 @@ from onnxforge import __version__
 from onnxforge.cli_build import build, verify
 from onnxforge.cli_common import EXIT_USAGE, OUTPUT
 from onnxforge.cli_edge import export_edge
+from onnxforge.cli_inspect import inspect
 from onnxforge.cli_quantize import quantize
 from onnxforge.cli_serve import bench, infer, serve
 
@@ -36,7 +37,7 @@ def cli(quiet: bool, verbose: bool) -> None:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
 
-for command in (build, verify, quantize, export_edge, serve, infer, bench):
+for command in (build, verify, quantize, export_edge, inspect, serve, infer, bench):
     cli.add_command(command)
 
 
