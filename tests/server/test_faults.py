@@ -1047,6 +1047,7 @@ def test_a_slow_model_does_not_hold_up_another_model(tmp_path: Path) -> None:
             began = time.monotonic()
             got = client.infer("beta", {"x": x}, timeout=WAIT)["y"]
             waited = time.monotonic() - began
+            runs_before_answer = slow.runs
         for thread in threads:
             thread.join(WAIT)
         _wait_until(lambda: _settled(server), what="settled")
@@ -1058,6 +1059,7 @@ def test_a_slow_model_does_not_hold_up_another_model(tmp_path: Path) -> None:
     )
     np.testing.assert_allclose(got, want, atol=1e-6)
     assert len(codes) == backlog and set(codes) <= {"OK", "DEADLINE_EXCEEDED"}
-    # Behind the backlog it would wait several seconds (0.5 s per queued run); the margin
-    # is for a noisy machine.
-    assert waited < 2.0
+    # Queued behind the backlog in a shared pool, the answer would come only after most of
+    # the backlog ran; with a pool per model it comes while the first runs are still going.
+    assert runs_before_answer < backlog // 2, (runs_before_answer, backlog)
+    assert waited < 2.0  # generous: noise, not the effect, decides how close this gets
