@@ -86,3 +86,21 @@ class Metrics:
         if server is not None:
             server.shutdown()
             server.server_close()
+
+
+class ModelMetrics:
+    """One model's labelled series, looked up once rather than on every request."""
+
+    def __init__(self, metrics: Metrics, model: str) -> None:
+        self.metrics = metrics
+        self.model = model
+        self.request_seconds = metrics.request_seconds.labels(model)
+        self.queue_seconds = metrics.queue_seconds.labels(model)
+        self.compute_seconds = metrics.compute_seconds.labels(model)
+        self.batch_rows = metrics.batch_rows.labels(model)
+        self._requests: dict[str, Counter] = {}
+
+    def requests(self, status: str) -> Counter:
+        if status not in self._requests:
+            self._requests[status] = self.metrics.requests.labels(self.model, status)
+        return self._requests[status]

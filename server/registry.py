@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 
 from builder import metadata
@@ -384,7 +383,8 @@ class Registry:
         options.intra_op_num_threads = self.threads
         options.log_severity_level = 3
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        props = metadata.props(onnx.load(str(path), load_external_data=False))
+        # The session has already read the file: take the metadata from it, not a second parse.
+        props = dict(session.get_modelmeta().custom_metadata_map)
         inputs = {node.name: _tensor(node) for node in session.get_inputs()}
         outputs = {node.name: _tensor(node) for node in session.get_outputs()}
         batched = serving.max_batch_size > 0 and all(

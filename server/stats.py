@@ -8,7 +8,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from server.batcher import BatchStats
-from server.metrics import Metrics
+from server.metrics import Metrics, ModelMetrics
 
 
 @dataclass
@@ -40,13 +40,21 @@ class Statistics:
         self._lock = threading.Lock()
         self.models: dict[tuple[str, str], ModelStats] = defaultdict(ModelStats)
         self.metrics = metrics
+        self._by_model: dict[str, ModelMetrics] = {}
+
+    def _series(self, model: str) -> ModelMetrics:
+        assert self.metrics is not None
+        if model not in self._by_model:
+            self._by_model[model] = ModelMetrics(self.metrics, model)
+        return self._by_model[model]
 
     def request(self, model: str, version: str, status: str, ns: int, rows: int) -> None:
         """One answered request; ``status`` is the gRPC status name ("OK", "NOT_FOUND", ...)."""
         ok = status == "OK"
         if self.metrics is not None:
-            self.metrics.requests.labels(model, status).inc()
-            self.metrics.request_seconds.labels(model).observe(ns / 1e9)
+            series = self._series(model)
+            series.requests(status).inc()
+            series.request_seconds.observe(ns / 1e9)
         with self._lock:
             stats = self.models[(model, version)]
             (stats.success if ok else stats.fail).add(ns)
@@ -56,10 +64,11 @@ class Statistics:
 
     def batch(self, model: str, version: str, batch: BatchStats) -> None:
         if self.metrics is not None:
+            series = self._series(model)
             for queued in batch.queue_ns:
-                self.metrics.queue_seconds.labels(model).observe(queued / 1e9)
-            self.metrics.compute_seconds.labels(model).observe(batch.compute_ns / 1e9)
-            self.metrics.batch_rows.labels(model).observe(batch.rows)
+                series.queue_seconds.observe(queued / 1e9)
+            series.compute_seconds.observe(batch.compute_ns / 1e9)
+            series.batch_rows.observe(batch.rows)
         with self._lock:
             stats = self.models[(model, version)]
             stats.execution_count += 1
