@@ -61,6 +61,21 @@ def compare(
     return OutputCheck(name, float(np.max(diff)), float(np.max(rel)), agreement, ok)
 
 
+def _run_built(
+    spec: Spec, path: Path, inputs: np.ndarray
+) -> tuple[dict[str, np.ndarray] | None, str | None]:
+    """Every output of the built file at ``path`` on ``inputs``, or why it cannot be run."""
+    try:
+        model = read_model(path)
+    except ArtifactError as error:
+        return None, str(error)
+    if (stale := staleness(model, spec)) is not None:
+        return None, stale
+    session = runtime.session(model.SerializeToString())
+    names = list(spec.output_names)
+    return dict(zip(names, session.run(names, {spec.input_name: inputs}), strict=True)), None
+
+
 def verify_model(
     spec: Spec,
     repository: Path,
@@ -72,20 +87,9 @@ def verify_model(
     """Run one built variant of ``spec`` on ``inputs`` and compare every output."""
     name = model_name(spec.name, variant)
     path = model_path(repository, name)
-    try:
-        model = read_model(path)
-    except ArtifactError as error:
-        return ModelCheck(name, variant, path, 0, problem=str(error))
-    if (stale := staleness(model, spec)) is not None:
-        return ModelCheck(name, variant, path, 0, problem=stale)
-    session = runtime.session(model.SerializeToString())
-    got = dict(
-        zip(
-            spec.output_names,
-            session.run(list(spec.output_names), {spec.input_name: inputs}),
-            strict=True,
-        )
-    )
+    got, problem = _run_built(spec, path, inputs)
+    if got is None:
+        return ModelCheck(name, variant, path, 0, problem=problem)
     want = reference.run(spec, inputs)
     checks = [
         compare(out, got[out], want[out], spec.is_classifier(out), atol, rtol)
@@ -115,20 +119,9 @@ def verify_variant(spec: Spec, repository: Path, variant: str, inputs: np.ndarra
 
     name = model_name(spec.name, variant)
     path = model_path(repository, name)
-    try:
-        model = read_model(path)
-    except ArtifactError as error:
-        return VariantCheck(name, variant, path, problem=str(error))
-    if (stale := staleness(model, spec)) is not None:
-        return VariantCheck(name, variant, path, problem=stale)
-    session = runtime.session(model.SerializeToString())
-    got = dict(
-        zip(
-            spec.output_names,
-            session.run(list(spec.output_names), {spec.input_name: inputs}),
-            strict=True,
-        )
-    )
+    got, problem = _run_built(spec, path, inputs)
+    if got is None:
+        return VariantCheck(name, variant, path, problem=problem)
     report = assess(
         name,
         variant,

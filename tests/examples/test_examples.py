@@ -114,9 +114,7 @@ def server(repository: Path) -> Iterator[ServeProcess]:
     yield serving
     if serving.process.poll() is None:
         serving.stop()
-    serving.closed.wait(10)
-    assert serving.process.stdout is not None
-    serving.process.stdout.close()
+    serving.close()
 
 
 # ----------------------------------------------------------------------- the two clients

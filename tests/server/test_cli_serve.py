@@ -77,6 +77,15 @@ class ServeProcess:
     def url(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    def close(self) -> None:
+        """Kill the process if it still runs and release its output pipe."""
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(30)
+        self.closed.wait(10)
+        assert self.process.stdout is not None
+        self.process.stdout.close()
+
     def stop(self) -> int:
         self.process.send_signal(signal.SIGTERM)
         return self.process.wait(60)
@@ -97,12 +106,7 @@ def serving(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
     )
     server = ServeProcess(repository)
     yield server
-    if server.process.poll() is None:
-        server.process.kill()
-        server.process.wait(30)
-    server.closed.wait(10)
-    assert server.process.stdout is not None
-    server.process.stdout.close()
+    server.close()
 
 
 def test_infer_command_against_a_running_server(

@@ -103,12 +103,7 @@ def _rss_kib(pid: int) -> int:
 
 
 def _stop_process(server: ServeProcess) -> None:
-    if server.process.poll() is None:
-        server.process.kill()
-        server.process.wait(30)
-    server.closed.wait(10)
-    assert server.process.stdout is not None
-    server.process.stdout.close()
+    server.close()
 
 
 class SlowSession:

@@ -41,12 +41,7 @@ def workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
     finally:
         del os.environ[INTERNAL_TOKEN_ENV]
     yield server
-    if server.process.poll() is None:
-        server.process.kill()
-        server.process.wait(30)
-    server.closed.wait(10)
-    assert server.process.stdout is not None
-    server.process.stdout.close()
+    server.close()
 
 
 def _stub(address: str) -> tuple[grpc.Channel, pb_grpc.GRPCInferenceServiceStub]:
