@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import json
 import logging
 import re
@@ -90,8 +91,9 @@ class Version:
     def allow_non_finite(self) -> bool:
         return self.props.get(metadata.ALLOW_NON_FINITE) == "true"
 
-    @property
+    @functools.cached_property
     def accuracy(self) -> dict[str, Any] | None:
+        """The figures recorded at build time (parsed once, on first use)."""
         recorded = self.props.get(metadata.ACCURACY)
         return json.loads(recorded) if recorded else None
 
