@@ -31,6 +31,7 @@ from server.generated import inference_pb2_grpc as pb_grpc
 from server.validate import UNSUPPORTED_PARAMETERS
 from tests.conftest import MODELS
 from tests.server.conftest import ServerThread, make_repository
+from tests.server.requests import output, raw_request
 
 SPEC = load_spec(MODELS / "digits-mlp" / "spec.yaml")
 SERVED = ("digits-mlp", "digits-mlp-fp16", "digits-mlp-int8-dynamic", "digits-mlp-int8-static")
@@ -103,24 +104,6 @@ def call(method: Callable[..., Any], request: Any) -> tuple[grpc.StatusCode, Any
 def assert_proper(code: grpc.StatusCode, details: str, what: object) -> None:
     assert code not in NEVER, f"{code.name} ({details!r}) for {what!r}"
     assert code in ALLOWED, f"unexpected {code.name} ({details!r}) for {what!r}"
-
-
-def raw_request(model: str, x: np.ndarray) -> pb.ModelInferRequest:
-    request = pb.ModelInferRequest(model_name=model)
-    request.inputs.add(name="x", datatype="FP32", shape=list(x.shape))
-    request.raw_input_contents.append(x.astype("<f4").tobytes())
-    return request
-
-
-def output(response: pb.ModelInferResponse, name: str) -> np.ndarray:
-    for index, tensor in enumerate(response.outputs):
-        if tensor.name == name:
-            if response.raw_output_contents:
-                data = np.frombuffer(response.raw_output_contents[index], "<f4")
-            else:
-                data = np.asarray(tensor.contents.fp32_contents, np.float32)
-            return data.reshape(tuple(tensor.shape))
-    raise KeyError(name)
 
 
 def assert_still_serving(stub: pb_grpc.GRPCInferenceServiceStub) -> None:

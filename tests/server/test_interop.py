@@ -33,6 +33,7 @@ from server.generated import inference_pb2 as pb
 from server.generated import inference_pb2_grpc as pb_grpc
 from tests.conftest import MODELS, REPO_ROOT
 from tests.server.conftest import ServerThread, make_repository
+from tests.server.requests import raw_request
 
 SPEC = load_spec(MODELS / "digits-mlp" / "spec.yaml")
 SCRIPT = Path(__file__).with_name("interop_tritonclient.py")
@@ -49,13 +50,6 @@ needs_tritonclient = pytest.mark.skipif(
 
 def rows(n: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).uniform(size=(n, 64)).astype(np.float32)
-
-
-def raw_request(model: str, x: np.ndarray, **fields: Any) -> pb.ModelInferRequest:
-    request = pb.ModelInferRequest(model_name=model, **fields)
-    request.inputs.add(name="x", datatype="FP32", shape=list(x.shape))
-    request.raw_input_contents.append(x.astype("<f4").tobytes())
-    return request
 
 
 @pytest.fixture(scope="module")

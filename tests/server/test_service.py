@@ -14,27 +14,10 @@ from builder import load_spec, reference
 from server.generated import inference_pb2 as pb
 from tests.conftest import MODELS
 from tests.server.conftest import ServerThread
+from tests.server.requests import output, raw_request
 
 SPEC = load_spec(MODELS / "digits-mlp" / "spec.yaml")
 VARIANTS = ("digits-mlp-fp16", "digits-mlp-int8-dynamic", "digits-mlp-int8-static")
-
-
-def raw_request(model: str, x: np.ndarray, **fields: Any) -> pb.ModelInferRequest:
-    request = pb.ModelInferRequest(model_name=model, **fields)
-    request.inputs.add(name="x", datatype="FP32", shape=list(x.shape))
-    request.raw_input_contents.append(x.astype("<f4").tobytes())
-    return request
-
-
-def output(response: pb.ModelInferResponse, name: str) -> np.ndarray:
-    for index, tensor in enumerate(response.outputs):
-        if tensor.name == name:
-            if response.raw_output_contents:
-                data = np.frombuffer(response.raw_output_contents[index], "<f4")
-            else:
-                data = np.asarray(tensor.contents.fp32_contents, np.float32)
-            return data.reshape(tuple(tensor.shape))
-    raise KeyError(name)
 
 
 def rows(n: int, seed: int) -> np.ndarray:
