@@ -36,7 +36,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 from builder import load_spec, reference
 from builder.spec import Spec
 from tests.conftest import MODELS, REPO_ROOT
-from tests.server.test_cli_serve import ServeProcess
+from tests.server.processes import ServeProcess
 
 EXAMPLES = REPO_ROOT / "examples"
 SPEC = load_spec(MODELS / "digits-mlp" / "spec.yaml")

@@ -43,7 +43,7 @@ from server.registry import State
 from tests.conftest import MODELS, REPO_ROOT
 from tests.helpers import mlp_document
 from tests.server.conftest import ServerThread
-from tests.server.test_cli_serve import ServeProcess
+from tests.server.processes import ServeProcess
 
 REFUSED = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.NOT_FOUND}
 WAIT = 30.0  # seconds: the bound on every wait for a server-side condition

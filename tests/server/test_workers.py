@@ -19,7 +19,7 @@ from server.generated import inference_pb2_grpc as pb_grpc
 from server.peers import PEER_HEADER
 from server.security import INTERNAL_TOKEN_ENV
 from tests.conftest import MODELS
-from tests.server.test_cli_serve import ServeProcess
+from tests.server.processes import ServeProcess
 
 PEER_TOKEN = "peer-token-for-tests"
 AS_PEER = [(PEER_HEADER, "1"), ("authorization", f"Bearer {PEER_TOKEN}")]
