@@ -1,9 +1,10 @@
 """How far a variant strays from the fp32 reference, and whether that is within its budget.
 
 Figures are measured on held-out rows (never the calibration rows): max and mean absolute
-error, mean row-wise cosine similarity, and argmax agreement for class-score outputs. When a
-variant is over budget, the node that adds the most error is found by running both files
-with every intermediate tensor as an extra output.
+error, mean row-wise cosine similarity, and argmax agreement for class-score outputs. The
+report says which rows those were (``Rows``): the user's data when there is any, synthetic
+rows only when there is none. When a variant is over budget, the node that adds the most
+error is found by running both files with every intermediate tensor as an extra output.
 """
 
 from __future__ import annotations
@@ -30,6 +31,23 @@ HELD_OUT_SEED = 2  # calibration samples use seed 1: the two sets never share a 
 
 
 @dataclass(frozen=True)
+class Rows:
+    """Which rows a variant was measured on, recorded beside its figures.
+
+    ``source`` says where they came from in words (files and how much of each, or the
+    distribution they were drawn from); ``synthetic`` is true when they were drawn rather
+    than given by the user.
+    """
+
+    source: str
+    count: int
+    synthetic: bool
+
+    def as_dict(self) -> dict[str, object]:
+        return {"source": self.source, "count": self.count, "synthetic": self.synthetic}
+
+
+@dataclass(frozen=True)
 class Figures:
     max_abs: float
     mean_abs: float
@@ -49,6 +67,7 @@ class Report:
     checked_output: str
     failures: list[str] = field(default_factory=list)
     worst: str | None = None  # where the error comes from, when over budget
+    rows: Rows | None = None  # which rows were measured on (None: not said)
 
     @property
     def ok(self) -> bool:
@@ -65,6 +84,7 @@ class Report:
             "outputs": {name: asdict(figures) for name, figures in self.outputs.items()},
             "failures": self.failures,
             "worst": self.worst,
+            "rows": None if self.rows is None else self.rows.as_dict(),
         }
 
     def metadata_json(self) -> str:
@@ -74,6 +94,8 @@ class Report:
             for key, value in self.as_dict().items()
             if key in ("samples", "budget", "outputs", "checked_output")
         }
+        if self.rows is not None:
+            record["rows"] = self.rows.as_dict()
         record["reference"] = "fp32"
         return json.dumps(record, sort_keys=True)
 
@@ -104,19 +126,38 @@ def budget_for(variant: str, given: Mapping[str, Budget] | None = None) -> Budge
 
 
 def shortfalls(measured: Figures, budget: Budget) -> list[str]:
-    """Each budget line the figures break, with the amount."""
+    """Each budget line the figures break, with the amount.
+
+    Figures are printed with as many digits as it takes to tell them from the budget
+    (at least 4), so "0.99995 < 0.9999" never reads "1.0000 < 0.9999" or "short by 0.0000".
+    """
     failures = []
     for key in ("max_abs", "mean_abs"):
         limit = getattr(budget, key)
         value = getattr(measured, key)
         if limit is not None and not value <= limit:
-            failures.append(f"{key} {value:.4g} > {limit:.4g} (over by {value - limit:.4g})")
+            shown, bound, gap = distinct(value, limit, "g")
+            failures.append(f"{key} {shown} > {bound} (over by {gap})")
     for key in ("cosine", "argmax_agreement"):
         limit = getattr(budget, key)
         value = getattr(measured, key)
         if limit is not None and value is not None and not value >= limit:
-            failures.append(f"{key} {value:.4f} < {limit:.4f} (short by {limit - value:.4f})")
+            shown, bound, gap = distinct(value, limit, "f")
+            failures.append(f"{key} {shown} < {bound} (short by {gap})")
     return failures
+
+
+def distinct(value: float, limit: float, kind: str) -> tuple[str, str, str]:
+    """``value``, ``limit`` and their distance, formatted (``kind``: "f" fixed-point decimals,
+    "g" significant digits) with the fewest digits from 4 up that keep the two apart and the
+    distance above zero."""
+    gap = abs(value - limit)
+    for digits in range(4, 18):
+        shown, bound = format(value, f".{digits}{kind}"), format(limit, f".{digits}{kind}")
+        distance = format(gap, f".{digits}{kind}")
+        if shown != bound and float(distance) != 0:
+            return shown, bound, distance
+    return repr(value), repr(limit), repr(gap)  # NaN, or apart by less than 1e-17
 
 
 def assess(
@@ -127,13 +168,13 @@ def assess(
     classifiers: Mapping[str, bool],
     checked_output: str,
     budget: Budget,
+    rows: Rows | None = None,
 ) -> Report:
     """Figures for every output; the budget is held on ``checked_output`` (the model output)."""
     outputs = {name: figures(got[name], want[name], classifiers[name]) for name in want}
     failures = shortfalls(outputs[checked_output], budget)
-    return Report(
-        model, variant, len(next(iter(want.values()))), outputs, budget, checked_output, failures
-    )
+    count = len(next(iter(want.values())))
+    return Report(model, variant, count, outputs, budget, checked_output, failures, rows=rows)
 
 
 def worst_node(

@@ -84,11 +84,20 @@ def calibration_file(spec: Spec, given: Path | None) -> Path | None:
     return base / spec.document.quantization.calibration
 
 
+def validation_file(spec: Spec, given: Path | None) -> Path | None:
+    """The flag's file, else the spec's ``quantization.validation`` (relative to the spec)."""
+    if given is not None or spec.document.quantization.validation is None:
+        return given
+    base = spec.path.parent if spec.path else Path.cwd()
+    return base / spec.document.quantization.validation
+
+
 def artifacts(
     spec: Spec,
     variants: Sequence[str] | None = None,
     calibration: Path | None = None,
     options: QuantizeOptions | None = None,
+    validation: Path | None = None,
 ) -> tuple[list[Artifact], list[Report]]:
     """Build every requested variant of ``spec`` in memory (default: the spec's own list).
 
@@ -107,7 +116,9 @@ def artifacts(
                 Artifact(spec, variant, name, fp32.SerializeToString(), config_pbtxt(spec, name))
             )
             continue
-        rows = rows or Calibration.for_spec(spec, calibration_file(spec, calibration))
+        rows = rows or Calibration.for_spec(
+            spec, calibration_file(spec, calibration), validation_file(spec, validation)
+        )
         made = make_variant(spec, fp32, variant, name, rows, options or quantize_options(spec))
         if made.model is None:
             refused.append(made.report)

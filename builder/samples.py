@@ -24,6 +24,20 @@ def sample_inputs(spec: Spec, count: int, seed: int) -> np.ndarray:
     return values.astype(np.float32)
 
 
+def describe_distribution(spec: Spec) -> str:
+    """``input.distribution uniform(low=0, high=1)``; says so when it is the default, which
+    the spec never declared."""
+    dist = spec.document.input.distribution
+    if dist.uniform is not None:
+        text = f"uniform(low={dist.uniform.low:g}, high={dist.uniform.high:g})"
+    else:
+        assert dist.normal is not None
+        text = f"normal(mean={dist.normal.mean:g}, std={dist.normal.std:g})"
+    if "distribution" not in spec.document.input.model_fields_set:
+        return f"input.distribution's default {text} (the spec declares none)"
+    return f"input.distribution {text}"
+
+
 def load_inputs(path: Path, spec: Spec) -> np.ndarray:
     """A user's ``.npy`` batch (or single row), checked against the spec's input."""
     return load_rows(path, spec.input_shape, f"input '{spec.input_name}' of {spec.name}")

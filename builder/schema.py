@@ -271,6 +271,9 @@ class Quantization(StrictModel):
     """How int8 variants are made; command-line flags override these."""
 
     calibration: str | None = None  # .npy rows for int8-static, relative to the spec file
+    # .npy rows every variant is measured on (never calibrated on), relative to the spec
+    # file. Left out of the spec hash (exclude): it changes no file's computation.
+    validation: Annotated[str | None, Field(exclude=True)] = None
     method: Literal["minmax", "entropy", "percentile"] = "minmax"
     per_channel: bool = False
     reduce_range: bool = False

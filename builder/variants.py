@@ -1,14 +1,26 @@
 """Make a quantized variant, measure it against the fp32 reference, and keep it only if it
 stays inside its budget.
 
-The measurement always uses held-out rows: samples drawn from the spec's input
-distribution with a seed of their own, plus the tail of the user's calibration file when
-one is given (its head calibrates, its tail is only ever measured on).
+Which rows are used (``Calibration.for_spec``; ``foreign_rows`` for files without a spec):
+
+* A calibration file (``--calibration`` / ``quantization.calibration``): its first 80% of
+  rows calibrate int8-static; its last 20% are kept back and only ever measured on.
+* A validation file (``--validation`` / ``quantization.validation``): every row is measured
+  on, none is calibrated on. With a calibration file too, the measurement is the
+  calibration file's kept-back 20% plus the whole validation file: the calibration rows are
+  the same with or without a validation file, so adding one never changes a variant's bytes.
+* Synthetic rows, drawn from the spec's ``input.distribution`` (512 with seed 1 to
+  calibrate, 512 with seed 2 to measure), only for what the user gave no file for: with a
+  validation file alone, int8-static is calibrated on drawn rows and measured on the file.
+
+Every variant of a spec (fp16 and int8-dynamic too, which calibrate on nothing) is measured
+on the same rows, so their figures compare; the report records which rows those were.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -21,6 +33,7 @@ from builder.accuracy import (
     HELD_OUT_ROWS,
     HELD_OUT_SEED,
     Report,
+    Rows,
     assess,
     budget_for,
     worst_node,
@@ -28,7 +41,7 @@ from builder.accuracy import (
 from builder.errors import SpecError
 from builder.graph import layer_prefix
 from builder.quantize import QuantizeOptions, quantize
-from builder.samples import load_inputs, sample_inputs
+from builder.samples import describe_distribution, load_inputs, load_rows, sample_inputs
 from builder.schema import Budget
 from builder.spec import Spec
 
@@ -37,24 +50,79 @@ CALIBRATION_SEED = 1
 HELD_OUT_FRACTION = 0.2  # of a user's calibration file, kept back for measuring
 MIN_CALIBRATION_FILE_ROWS = 5
 
+# Draws ``count`` synthetic rows with ``seed``.
+Draw = Callable[[int, int], np.ndarray]
+
 
 @dataclass(frozen=True)
 class Calibration:
-    """Rows to calibrate on, rows kept back from the same source, and where they came from."""
+    """Rows to calibrate int8-static on, rows to measure every variant on, and their sources.
+
+    ``rows`` and ``source`` are the calibration rows (empty when nothing needs them);
+    ``held_out`` are measured on and never calibrated on; ``measured`` says where they came
+    from (it goes into each variant's report).
+    """
 
     rows: np.ndarray
     held_out: np.ndarray
     source: str
+    measured: Rows
+    synthetic: bool = False  # the calibration rows were drawn, not given
 
     @classmethod
-    def for_spec(cls, spec: Spec, file: Path | None) -> Calibration:
-        if file is None:
-            rows = sample_inputs(spec, CALIBRATION_ROWS, CALIBRATION_SEED)
-            return cls(rows, rows[:0], f"{CALIBRATION_ROWS} rows from the spec's distribution")
-        return cls.split(load_inputs(file, spec), file)
+    def for_spec(cls, spec: Spec, file: Path | None, validation: Path | None = None) -> Calibration:
+        """The rows for ``spec``'s variants from the user's files, drawn only when missing."""
+
+        def draw(count: int, seed: int) -> np.ndarray:
+            return sample_inputs(spec, count, seed)
+
+        return cls.plan(
+            None if file is None else (file, load_inputs(file, spec)),
+            None if validation is None else (validation, load_inputs(validation, spec)),
+            draw,
+            describe_distribution(spec),
+        )
 
     @classmethod
-    def split(cls, rows: np.ndarray, file: Path) -> Calibration:
+    def plan(
+        cls,
+        calibration: tuple[Path, np.ndarray] | None,
+        validation: tuple[Path, np.ndarray] | None,
+        draw: Draw,
+        drawn_from: str,
+        calibrate: bool = True,
+    ) -> Calibration:
+        """Split the calibration file, add the validation file, draw what is missing.
+
+        ``drawn_from`` names the distribution ``draw`` samples; ``calibrate`` False leaves
+        the calibration rows empty when no file gives them (nothing will calibrate).
+        """
+        measured: list[tuple[np.ndarray, str]] = []
+        if calibration is not None:
+            file, given = calibration
+            rows, tail = cls._split(given, file)
+            source, synthetic = f"{len(rows)} rows of {file.name}", False
+            kept = f"last {_rows(len(tail))} ({len(tail) / len(given):.0%}) of {file.name}"
+            measured.append((tail, f"{kept}, kept back from calibration"))
+        elif calibrate:
+            rows, synthetic = draw(CALIBRATION_ROWS, CALIBRATION_SEED), True
+            source = f"{CALIBRATION_ROWS} synthetic rows (seed {CALIBRATION_SEED})"
+            source += f" drawn from {drawn_from}"
+        else:
+            rows, source, synthetic = np.zeros((0,), np.float32), "", False
+        if validation is not None:
+            file, given = validation
+            measured.append((given, f"all {_rows(len(given))} of {file.name}"))
+        if measured:
+            held_out = np.concatenate([part for part, _ in measured])
+            described = " + ".join(text for _, text in measured)
+            return cls(rows, held_out, source, Rows(described, len(held_out), False), synthetic)
+        held_out = draw(HELD_OUT_ROWS, HELD_OUT_SEED)
+        described = f"synthetic rows (seed {HELD_OUT_SEED}) drawn from {drawn_from}"
+        return cls(rows, held_out, source, Rows(described, len(held_out), True), synthetic)
+
+    @staticmethod
+    def _split(rows: np.ndarray, file: Path) -> tuple[np.ndarray, np.ndarray]:
         if len(rows) < MIN_CALIBRATION_FILE_ROWS:
             raise SpecError(
                 str(file),
@@ -64,7 +132,42 @@ class Calibration:
                 f" ({HELD_OUT_FRACTION:.0%} are kept back to measure on)",
             )
         kept = max(1, int(len(rows) * HELD_OUT_FRACTION))
-        return cls(rows[:-kept], rows[-kept:], f"{len(rows) - kept} rows of {file.name}")
+        return rows[:-kept], rows[-kept:]
+
+    def settings(self, variant: str) -> dict[str, object]:
+        """What the variant's ``onnxforge.quantization`` record says about its rows."""
+        recorded: dict[str, object] = {"measured_on": self.measured.source}
+        if variant == "int8-static":
+            recorded.update(calibration=self.source, calibration_synthetic=self.synthetic)
+        return recorded
+
+
+def _rows(count: int) -> str:
+    return f"{count} row" if count == 1 else f"{count} rows"
+
+
+def synthetic_warning(
+    spec: Spec, variants: Iterable[str], calibration: Path | None, validation: Path | None
+) -> str | None:
+    """One line when synthetic rows stand in for data and the spec never said what its data
+    looks like (no ``input.distribution``): the figures may then mean little."""
+    wanted = set(variants) - {"fp32"}
+    if not wanted or "distribution" in spec.document.input.model_fields_set:
+        return None
+    drawn = f"synthetic rows drawn from {describe_distribution(spec)}"
+    advice = "declare input.distribution in the spec, or give real rows"
+    if calibration is None and validation is None:
+        what = "calibrated and measured" if "int8-static" in wanted else "measured"
+        return (
+            f"{spec.path or spec.name}: no calibration or validation rows: variants are {what}"
+            f" on {drawn}; {advice} with --calibration / --validation FILE.npy"
+        )
+    if calibration is None and "int8-static" in wanted:
+        return (
+            f"{spec.path or spec.name}: no calibration rows: int8-static is calibrated on"
+            f" {drawn}; {advice} with --calibration FILE.npy"
+        )
+    return None
 
 
 @dataclass(frozen=True)
@@ -93,9 +196,7 @@ def make_variant(
 ) -> Variant:
     """Quantize, measure on held-out rows against the NumPy reference, record or refuse."""
     quantized = quantize(fp32, variant, calibration.rows, options)
-    held_out = np.concatenate(
-        [sample_inputs(spec, HELD_OUT_ROWS, HELD_OUT_SEED), calibration.held_out]
-    )
+    held_out = calibration.held_out
     report = assess(
         name,
         variant,
@@ -104,10 +205,11 @@ def make_variant(
         {output: spec.is_classifier(output) for output in spec.output_names},
         spec.output_name,
         budget_for(variant, spec.document.budget),
+        calibration.measured,
     )
     if not report.ok:
         return Variant(name, variant, None, _with_culprit(report, spec, fp32, quantized, held_out))
-    settings = {**options.describe(variant), "calibration": calibration.source}
+    settings = {**options.describe(variant), **calibration.settings(variant)}
     record(quantized, variant, report, settings, spec.sha256)
     return Variant(name, variant, quantized, report)
 
@@ -159,8 +261,9 @@ def _with_culprit(
 
 def refusal_message(report: Report, origin: str) -> str:
     """One line: which variant, by how much it misses its budget, and where the error grows."""
+    rows = "" if report.rows is None else f" ({report.rows.source})"
     return (
-        f"{origin}: {report.variant}: over budget on {report.samples} held-out rows: "
+        f"{origin}: {report.variant}: over budget on {report.samples} held-out rows{rows}: "
         f"{'; '.join(report.failures)}; {report.worst}; the variant was not written"
     )
 
@@ -193,32 +296,61 @@ class ForeignInput:
 
 
 def foreign_rows(
-    model: onnx.ModelProto, file: str, calibration_file: Path | None, variant: str
+    model: onnx.ModelProto,
+    file: str,
+    calibration_file: Path | None,
+    variant: str,
+    validation_file: Path | None = None,
 ) -> Calibration:
-    """Rows for a model without a spec: the user's file, else standard normal samples."""
-    from builder.samples import load_rows
-
+    """Rows for a model without a spec, by ``Calibration.plan``'s rules; what no file gives
+    is drawn from a standard normal distribution (a bare file declares no other)."""
     source = ForeignInput.of(model, file)
+    what = f"input '{source.name}' of {file}"
+    calibration = validation = None
     if calibration_file is not None:
-        rows = load_rows(calibration_file, source.shape, f"input '{source.name}' of {file}")
-        if variant != "int8-static":  # nothing calibrates on them: measure on every row
-            return Calibration(rows[:0], rows, f"{calibration_file.name}")
-        return Calibration.split(rows, calibration_file)
-    if any(size is None for size in source.shape):
-        raise SpecError(
-            file,
-            "",
-            "",
-            f"input '{source.name}' has open dimensions "
-            f"{source.shape}; give rows with --calibration FILE.npy",
-        )
-    shape = tuple(int(size) for size in source.shape if size is not None)
-    rng = np.random.default_rng(CALIBRATION_SEED)
-    calibrate = rng.standard_normal((CALIBRATION_ROWS, *shape)).astype(np.float32)
-    held_out = np.random.default_rng(HELD_OUT_SEED).standard_normal((HELD_OUT_ROWS, *shape))
-    return Calibration(
-        calibrate, held_out.astype(np.float32), f"{CALIBRATION_ROWS} standard normal rows"
+        calibration = (calibration_file, load_rows(calibration_file, source.shape, what))
+    if validation_file is not None:
+        validation = (validation_file, load_rows(validation_file, source.shape, what))
+
+    def draw(count: int, seed: int) -> np.ndarray:
+        if any(size is None for size in source.shape):
+            flags = "--calibration" if validation is not None else "--calibration or --validation"
+            raise SpecError(
+                file,
+                "",
+                "",
+                f"input '{source.name}' has open dimensions {source.shape}, so no rows can be"
+                f" drawn; give rows with {flags} FILE.npy",
+            )
+        shape = tuple(int(size) for size in source.shape if size is not None)
+        rng = np.random.default_rng(seed)
+        return rng.standard_normal((count, *shape)).astype(np.float32)
+
+    return Calibration.plan(
+        calibration,
+        validation,
+        draw,
+        "a standard normal distribution",
+        calibrate=variant == "int8-static",
     )
+
+
+def foreign_warning(variant: str, calibration: Path | None, validation: Path | None) -> str | None:
+    """One line when a bare file's variant is measured or calibrated on drawn rows."""
+    if calibration is None and validation is None:
+        what = "calibrated and measured" if variant == "int8-static" else "measured"
+        return (
+            f"no calibration or validation rows: the variant is {what} on synthetic standard"
+            " normal rows, which may be nothing like the model's data; give real rows with"
+            " --calibration / --validation FILE.npy"
+        )
+    if calibration is None and variant == "int8-static":
+        return (
+            "no calibration rows: int8-static is calibrated on synthetic standard normal rows,"
+            " which may be nothing like the model's data; give real rows with --calibration"
+            " FILE.npy"
+        )
+    return None
 
 
 def make_foreign_variant(
@@ -236,7 +368,8 @@ def make_foreign_variant(
     # Without a spec nothing says which outputs are class scores; argmax is reported for
     # 2-D outputs and held to a budget only when the user asks for it.
     classifiers = {key: value.ndim == 2 and value.shape[1] > 1 for key, value in want.items()}
-    report = assess(name, variant, run(quantized, rows.held_out), want, classifiers, output, budget)
+    got = run(quantized, rows.held_out)
+    report = assess(name, variant, got, want, classifiers, output, budget, rows.measured)
     if not report.ok:
         return Variant(
             name, variant, None, _with_culprit(report, None, fp32, quantized, rows.held_out)
@@ -245,7 +378,7 @@ def make_foreign_variant(
         quantized,
         variant,
         report,
-        {**options.describe(variant), "calibration": rows.source},
+        {**options.describe(variant), **rows.settings(variant)},
         metadata.props(fp32).get(metadata.SPEC_SHA256),
     )
     return Variant(name, variant, quantized, report)

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from onnxforge.cli_common import (
     EXIT_FAILED,
+    OUTPUT,
     console,
     find_specs,
     json_option,
@@ -45,6 +46,7 @@ def build(
     repository: Path,
     variants: str | None,
     calibration: Path | None,
+    validation: Path | None,
     calibration_method: str | None,
     per_channel: bool | None,
     reduce_range: bool | None,
@@ -54,24 +56,42 @@ def build(
     """Build SPEC files (default: every <name>/spec.yaml in the repository) into the repository.
 
     Quantized variants are measured on held-out rows against the NumPy reference and are not
-    written when they miss their budget (exit 1).
+    written when they miss their budget (exit 1). The rows come from your data: the last 20%
+    of --calibration and all of --validation; rows drawn from the spec's input.distribution
+    only when neither is given.
     """
-    from builder.repository import artifacts, quantize_options, write
-    from builder.variants import refusal_message
+    from builder.repository import (
+        artifacts,
+        calibration_file,
+        quantize_options,
+        validation_file,
+        write,
+    )
+    from builder.variants import refusal_message, synthetic_warning
 
     chosen = parse_variants(variants)
     loaded = load_all(find_specs(specs, repository))
     # Build everything in memory before writing anything: a bad spec or file leaves no trace.
-    built, refused = [], []
+    built, refused, warnings = [], [], []
     with progress("build", len(loaded)) as step:
         for spec in loaded:
             step(spec.name)
             options = quantize_options(
                 spec, method=calibration_method, per_channel=per_channel, reduce_range=reduce_range
             )
-            made, missed = artifacts(spec, chosen, calibration, options)
+            made, missed = artifacts(spec, chosen, calibration, options, validation)
             built += made
             refused += [(spec, report) for report in missed]
+            warning = synthetic_warning(
+                spec,
+                spec.document.variants if chosen is None else chosen,
+                calibration_file(spec, calibration),
+                validation_file(spec, validation),
+            )
+            warnings += [] if warning is None else [warning]
+    if not OUTPUT["quiet"]:
+        for warning in warnings:
+            click.echo(f"onnxforge: warning: {warning}", err=True)
     results = write(repository, built)
     rows: list[dict[str, Any]] = [
         {
@@ -116,7 +136,7 @@ def _print_build(rows: list[dict[str, Any]], repository: Path) -> None:
         "max abs err",
         "cosine",
         "argmax agr.",
-        caption="errors: the variant vs the fp32 NumPy reference on held-out rows",
+        caption=_caption(rows),
         title=f"onnxforge build -> {repository}/<model>/1/model.onnx",
     )
     for row in rows:
@@ -129,6 +149,20 @@ def _print_build(rows: list[dict[str, Any]], repository: Path) -> None:
             *figures,
         )
     console().print(table)
+
+
+def _caption(rows: list[dict[str, Any]]) -> str:
+    """What the figures are, and for each spec the rows they were measured on."""
+    caption = "errors: the variant vs the fp32 NumPy reference on held-out rows"
+    measured: dict[str, str] = {}
+    for row in rows:
+        accuracy = row["accuracy"]
+        if accuracy is None or accuracy.get("rows") is None:
+            continue
+        base = str(row["model"]).removesuffix(f"-{row['variant']}")
+        used = accuracy["rows"]
+        measured.setdefault(base, f"{used['count']:,} rows: {used['source']}")
+    return "\n".join([caption, *(f"{base}: {text}" for base, text in measured.items())])
 
 
 def _main_figures(accuracy: dict[str, Any] | None) -> list[str]:

@@ -123,7 +123,14 @@ def quantization_options(command: Any) -> Any:
             click.option(
                 "--calibration",
                 type=click.Path(path_type=Path, dir_okay=False),
-                help="Rows (.npy) to calibrate int8-static on; 20% are kept back to measure on.",
+                help="Rows (.npy) of real data: the first 80% calibrate int8-static, the last"
+                " 20% are kept back to measure every variant on.",
+            ),
+            click.option(
+                "--validation",
+                type=click.Path(path_type=Path, dir_okay=False),
+                help="Rows (.npy) of real data to measure every variant on (all of them; never"
+                " calibrated on), besides the calibration file's kept-back 20%.",
             ),
             click.option(
                 "--calibration-method", type=click.Choice(["minmax", "entropy", "percentile"])

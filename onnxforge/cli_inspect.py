@@ -259,6 +259,9 @@ def _print_accuracy(out: Console, accuracy: Mapping[str, Any]) -> None:
     caption = f"recorded accuracy vs {reference}"
     if samples:
         caption += f" on {samples:,} held-out rows"
+    rows = accuracy.get("rows")
+    if isinstance(rows, dict) and isinstance(rows.get("source"), str):
+        caption += f": {rows['source']}"
     table = Table(title=escape(caption), header_style="bold", title_justify="left")
     table.add_column("output")
     for key in keys:

@@ -52,6 +52,13 @@ def test_bundled_variant_records_the_figures_it_really_has(digits_repo: Path, va
     x = sample_inputs(spec, HELD_OUT_ROWS, HELD_OUT_SEED)
     measured = figures(_run(path, x, "probabilities"), reference.forward(spec, x), True)
     assert recorded["samples"] == HELD_OUT_ROWS
+    # No rows were given: the spec's declared distribution stands in, and the record says so.
+    drawn = "drawn from input.distribution uniform(low=0, high=1)"
+    assert recorded["rows"] == {
+        "source": f"synthetic rows (seed {HELD_OUT_SEED}) {drawn}",
+        "count": HELD_OUT_ROWS,
+        "synthetic": True,
+    }
     for key in ("max_abs", "mean_abs", "cosine", "argmax_agreement"):
         assert recorded["outputs"]["probabilities"][key] == pytest.approx(getattr(measured, key))
     # And the figures mean something: quantization costs accuracy, within its budget.
@@ -59,8 +66,13 @@ def test_bundled_variant_records_the_figures_it_really_has(digits_repo: Path, va
     assert measured.argmax_agreement is not None and measured.argmax_agreement >= 0.95
     settings = json.loads(props[metadata.QUANTIZATION])
     assert settings["variant"] == variant
+    assert settings["measured_on"] == recorded["rows"]["source"]
     if variant == "int8-static":
-        assert settings["method"] == "minmax" and "rows from the spec" in settings["calibration"]
+        assert settings["method"] == "minmax"
+        assert settings["calibration"] == f"512 synthetic rows (seed 1) {drawn}"
+        assert settings["calibration_synthetic"] is True
+    else:  # nothing was calibrated
+        assert "calibration" not in settings
 
 
 def test_int8_files_hold_int8_weights_and_fp16_keeps_float_io(digits_repo: Path) -> None:
@@ -175,7 +187,12 @@ def test_calibration_file_is_split_and_recorded(
     )
     assert result.code == 0, result.err
     [row] = json.loads(result.out)
-    assert row["accuracy"]["samples"] == HELD_OUT_ROWS + 20  # the file's last 20% are measured on
+    assert row["accuracy"]["samples"] == 20  # only the file's last 20% are measured on
+    assert row["accuracy"]["rows"] == {
+        "source": "last 20 rows (20%) of rows.npy, kept back from calibration",
+        "count": 20,
+        "synthetic": False,
+    }
     props = _props(tmp_path / "repo" / "tiny-int8-static" / "1" / "model.onnx")
     settings = json.loads(props[metadata.QUANTIZATION])
     assert settings["calibration"] == "80 rows of rows.npy"
