@@ -1,45 +1,61 @@
 """Writing built models into a Triton-compatible model repository.
 
-``<repo>/<name>/1/model.onnx`` and ``<repo>/<name>/config.pbtxt`` per model and variant.
-Everything is built in memory first and written with atomic renames afterwards, so a
-failure leaves no half-written file; a file whose bytes would not change is not touched.
+``<repo>/<name>/<version>/model.onnx`` and ``<repo>/<name>/config.pbtxt`` per model and
+variant. Everything is built in memory first and written with atomic renames afterwards, so
+a failure leaves no half-written file; a file whose bytes would not change is not touched.
+
+Versions, as Triton has them: a build whose graph (nodes, weights, opsets) equals the newest
+version's rewrites that version in place (only recorded facts such as the spec hash
+changed); a build that computes something else becomes a new version folder, the next
+number. Afterwards the newest ``serving.keep_versions`` versions are kept (and any that a
+``specific`` version policy names); older version folders that onnxforge wrote are removed.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
+import shutil
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
 
 from builder import metadata
-from builder.accuracy import Report
+from builder.accuracy import Report, budget_for
 from builder.errors import ArtifactError
 from builder.graph import build
+from builder.layout import CONFIG_FILE, model_name, model_path, version_path, versions
 from builder.quantize import QuantizeOptions
+from builder.schema import Serving
 from builder.spec import Spec
 from builder.triton import config_pbtxt
 from builder.variants import Calibration, make_variant
 
 log = logging.getLogger("onnxforge.builder")
 
-VERSION_DIR = "1"
-MODEL_FILE = "model.onnx"
-CONFIG_FILE = "config.pbtxt"
-
-
-def model_name(spec_name: str, variant: str) -> str:
-    """fp32 keeps the plain name; every other variant is a model of its own."""
-    return spec_name if variant == "fp32" else f"{spec_name}-{variant}"
-
-
-def model_path(repository: Path, name: str) -> Path:
-    return repository / name / VERSION_DIR / MODEL_FILE
+__all__ = [
+    "REBUILD_ADVICE",
+    "Artifact",
+    "Written",
+    "artifacts",
+    "calibration_file",
+    "model_name",
+    "model_path",
+    "prune",
+    "quantize_options",
+    "read_model",
+    "stale_props",
+    "staleness",
+    "validation_file",
+    "write",
+    "write_config",
+    "write_file",
+]
 
 
 @dataclass(frozen=True)
@@ -59,6 +75,9 @@ class Written:
     artifact: Artifact
     path: Path
     changed: bool  # False when the repository already held exactly these bytes
+    version: int = 1
+    new_version: bool = False  # True when the graph differs from the newest version's
+    pruned: tuple[int, ...] = ()  # older versions removed to stay within keep_versions
 
 
 def quantize_options(
@@ -137,15 +156,65 @@ def artifacts(
 
 
 def write(repository: Path, built: Iterable[Artifact]) -> list[Written]:
-    """Write each artifact atomically; identical files are left as they are."""
+    """Write each artifact atomically, as a new version when it computes something new."""
     results = []
     for artifact in built:
-        path = model_path(repository, artifact.name)
+        folder = repository / artifact.name
+        found = versions(folder)
+        newest = found[-1] if found else None
+        same = newest is not None and _same_graph(
+            version_path(repository, artifact.name, newest), artifact.model
+        )
+        version = newest if same and newest is not None else (newest or 0) + 1
+        path = version_path(repository, artifact.name, version)
         changed = _write_if_changed(path, artifact.model)
-        changed |= _write_if_changed(path.parent.parent / CONFIG_FILE, artifact.config.encode())
-        log.info("%s: %s", path, "written" if changed else "unchanged")
-        results.append(Written(artifact, path, changed))
+        changed |= _write_if_changed(folder / CONFIG_FILE, artifact.config.encode())
+        pruned = prune(folder, artifact.spec.document.serving)
+        log.info(
+            "%s: %s", path, ("new version" if not same else "written") if changed else "unchanged"
+        )
+        results.append(Written(artifact, path, changed, version, not same, pruned))
     return results
+
+
+def write_config(repository: Path, spec: Spec, name: str) -> bool:
+    """Write only the ``config.pbtxt`` of model ``name`` (serving settings changed)."""
+    return _write_if_changed(repository / name / CONFIG_FILE, config_pbtxt(spec, name).encode())
+
+
+def _same_graph(path: Path, data: bytes) -> bool:
+    """Whether the file at ``path`` computes what ``data`` does (same graph and opsets)."""
+    try:
+        existing = onnx.load_from_string(path.read_bytes())
+    except Exception:  # unreadable or foreign: never overwritten, a new version it is
+        return False
+    candidate = onnx.load_from_string(data)
+    return bool(
+        existing.graph == candidate.graph
+        and list(existing.opset_import) == list(candidate.opset_import)
+    )
+
+
+def prune(folder: Path, serving: Serving) -> tuple[int, ...]:
+    """Remove version folders beyond ``keep_versions`` that onnxforge wrote; their numbers."""
+    found = versions(folder)
+    keep = set(found[-serving.keep_versions :]) | set(serving.version_policy.specific or ())
+    removed = []
+    for version in found:
+        if version in keep:
+            continue
+        path = version_path(folder.parent, folder.name, version)
+        try:
+            written_by_us = metadata.SPEC_SHA256 in metadata.props(onnx.load(str(path)))
+        except Exception:
+            written_by_us = False
+        if not written_by_us or any(p.name != path.name for p in path.parent.iterdir()):
+            continue  # someone else's files: never removed
+        shutil.rmtree(path.parent)
+        removed.append(version)
+    if removed:
+        log.info("%s: removed old version(s) %s", folder, ", ".join(map(str, removed)))
+    return tuple(removed)
 
 
 def write_file(path: Path, data: bytes) -> bool:
@@ -192,9 +261,29 @@ def read_model(path: Path) -> onnx.ModelProto:
 
 def staleness(model: onnx.ModelProto, spec: Spec) -> str | None:
     """Why ``model`` was not built from ``spec`` as it is now, or None when it was."""
-    recorded = metadata.props(model).get(metadata.SPEC_SHA256)
+    return stale_props(metadata.props(model), spec)
+
+
+REBUILD_ADVICE = (
+    "run `onnxforge build`; if it refuses the variant, relax its `budget:` or the "
+    "`quantization:` settings, or drop it from `variants:`"
+)
+
+
+def stale_props(props: Mapping[str, str], spec: Spec) -> str | None:
+    """``staleness`` from a file's metadata props (as a server reads them from its session)."""
+    recorded = props.get(metadata.SPEC_SHA256)
     if recorded is None:
         return "the file records no spec hash (not built by onnxforge)"
+    variant = props.get(metadata.VARIANT, "fp32")
     if recorded != spec.sha256:
-        return "built from a different version of the spec (run `onnxforge build`)"
+        advice = REBUILD_ADVICE if variant != "fp32" else "run `onnxforge build`"
+        return f"built from an older version of the spec ({advice})"
+    if variant != "fp32":
+        if variant not in spec.document.variants:
+            return f"'{variant}' is no longer among the spec's variants"
+        accuracy = json.loads(props.get(metadata.ACCURACY) or "{}")
+        wanted = budget_for(variant, spec.document.budget).model_dump(exclude_none=True)
+        if accuracy.get("budget") != wanted:
+            return f"measured against a budget the spec no longer sets ({REBUILD_ADVICE})"
     return None

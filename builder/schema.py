@@ -261,10 +261,50 @@ class Budget(StrictModel):
     argmax_agreement: Probability | None = None
 
 
+def _policy_from_word(value: Any) -> Any:
+    return {"all": True} if value == "all" else value
+
+
+class VersionPolicy(StrictModel):
+    """Which version folders a server serves (Triton's ``version_policy``): exactly one of
+    ``latest: N`` (the N newest), ``all``, or ``specific: [1, 3]``."""
+
+    latest: PositiveInt | None = None
+    all: bool | None = None
+    specific: Annotated[list[PositiveInt], Field(min_length=1)] | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> VersionPolicy:
+        given = [key for key in ("latest", "all", "specific") if getattr(self, key) is not None]
+        if len(given) != 1 or self.all is False:
+            raise PydanticCustomError(
+                "spec_version_policy",
+                "give exactly one of 'latest: N', 'all' or 'specific: [versions]'",
+            )
+        return self
+
+
 class Serving(StrictModel):
     max_batch_size: Annotated[int, Field(ge=0)] = 64
     max_queue_delay_us: Annotated[int, Field(ge=0)] = 500
     instances: PositiveInt = 1
+    # A rebuild that changes what a model computes writes a new version folder; the newest
+    # `keep_versions` are kept on disk (plus any `specific` ones), the policy picks what serves.
+    version_policy: Annotated[VersionPolicy, BeforeValidator(_policy_from_word)] = VersionPolicy(
+        latest=1
+    )
+    keep_versions: PositiveInt = 2
+
+    @model_validator(mode="after")
+    def _keeps_what_it_serves(self) -> Serving:
+        latest = self.version_policy.latest
+        if latest is not None and latest > self.keep_versions:
+            raise PydanticCustomError(
+                "spec_keep_versions",
+                "keep_versions ({keep}) must be at least version_policy latest ({latest})",
+                {"keep": self.keep_versions, "latest": latest},
+            )
+        return self
 
 
 class Quantization(StrictModel):

@@ -58,8 +58,9 @@ class Peers:
         answers = await self._all("ModelReady", pb.ModelReadyRequest(name=name, version=version))
         return all(answer.ready for answer in answers)
 
-    async def load(self, name: str) -> None:
-        await self._all("RepositoryModelLoad", pb.RepositoryModelLoadRequest(model_name=name))
+    async def load(self, request: pb.RepositoryModelLoadRequest) -> None:
+        """The same load, its configuration included, at every other worker."""
+        await self._all("RepositoryModelLoad", request)
 
     async def unload(self, name: str) -> None:
         await self._all("RepositoryModelUnload", pb.RepositoryModelUnloadRequest(model_name=name))

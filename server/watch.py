@@ -1,9 +1,11 @@
 """``--watch``: reload models whose files or spec changed, without failing requests.
 
 The repository is polled (portable, and cheap for a handful of models). A changed spec is
-rebuilt first; a changed, added or removed model file reloads, loads or unloads its model.
-A reload swaps the model in one step: requests already queued finish on the old session,
-and a reload that fails leaves the old version serving with the reason in RepositoryIndex.
+rebuilt and every model it makes follows (``Registry.refresh``); a changed, added or removed
+model file reloads, loads or unloads its model. A reload swaps the model in one step:
+requests already queued finish on the old session. A spec that does not load or build
+leaves the old versions serving with the reason in RepositoryIndex, until a good build; a
+variant the new spec refuses stops serving.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ import asyncio
 import logging
 from pathlib import Path
 
-from server.registry import MODEL_FILE, Registry, State
+from builder.layout import MODEL_FILE, SPEC_FILES
+from server.registry import Registry, State
 from server.service import InferenceService
 
 log = logging.getLogger("onnxforge.server")
@@ -27,9 +30,10 @@ def snapshot(root: Path) -> Snapshot:
         return state
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
         files = [
-            folder / "spec.yaml",
+            *(folder / name for name in SPEC_FILES),
             folder / "config.pbtxt",
             *sorted(folder.glob("*.npz")),
+            *sorted(folder.glob("*.npy")),
             *sorted(folder.glob(f"*/{MODEL_FILE}")),
         ]
         stats = []
@@ -67,29 +71,28 @@ class Watcher:
         )
         if not changed:
             return []
-        if any(self._spec_changed(name, now) for name in changed):
-            await asyncio.to_thread(self.registry.build_from_specs)
-            now = snapshot(self.registry.root)
-            changed = sorted(
-                name
-                for name in now.keys() | self.seen.keys()
-                if now.get(name) != self.seen.get(name)
-            )
-        self.seen = now
+        touched: set[str] = set()
+        for base in sorted({name for name in changed if self._spec_changed(name, now)}):
+            if base in self.registry.specs.bases():
+                log.info("watch: the spec of %s changed, rebuilding", base)
+                touched.update(await self.registry.refresh(base))
+                touched.add(base)
         for name in changed:
+            if name in touched:
+                continue
             if name not in now:
-                if name in self.registry.entries:
-                    await self.registry.unload(name)
-                    self.registry.entries[name].reason = "removed from the repository"
+                await self.registry.removed(name)
                 continue
             entry = self.registry.entries.get(name)
-            if entry is not None and entry.reason.startswith("build failed"):
-                continue  # the old files still serve; the reason says why nothing changed
+            if entry is not None and entry.deliberate and entry.problem == "unloaded":
+                continue  # unloaded on purpose: a file change does not bring it back
             if name in self.registry.names():
                 log.info("watch: %s changed, reloading", name)
-                entry = await self.registry.load(name)
+                entry = await self.registry.reload(name)
                 if entry.state != State.READY:
                     log.warning("watch: %s: %s", name, entry.reason)
+        # Our own builds wrote files: look again so that they do not count as changes.
+        self.seen = snapshot(self.registry.root)
         await self.service.sync_health()
         return changed
 

@@ -71,10 +71,12 @@ def run_workers(settings: Settings, workers: int, level: str = "info", fmt: str 
     """Serve with ``workers`` processes until SIGTERM/SIGINT; returns the exit code."""
     from prometheus_client import CollectorRegistry, multiprocess, start_http_server
 
-    from server.registry import Registry
+    from server.builds import SpecBuilds
 
-    if settings.build_missing:
-        Registry(settings.repository).build_from_specs()  # once, not once per worker
+    if settings.build_missing:  # once here, so that the workers find everything built
+        builds = SpecBuilds(settings.repository)
+        for base in builds.bases():
+            builds.build(base)
     holder, port = _claim_port(settings.host, settings.port)
     metrics_dir = tempfile.TemporaryDirectory(prefix="onnxforge-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir.name  # inherited by the workers
@@ -84,19 +86,16 @@ def run_workers(settings: Settings, workers: int, level: str = "info", fmt: str 
         reuse_port=True,
         control_port=True,
         metrics_port=None,
-        build_missing=False,
     )
     context = multiprocessing.get_context("spawn")
     links, processes = [], []
     for index in range(workers):
         parent_end, child_end = context.Pipe()
-        # Only worker 0 rebuilds changed specs under --watch; the others reload the files.
-        own = dataclasses.replace(
-            worker_settings, build_missing=index == 0 and settings.watch_seconds is not None
-        )
+        # Every worker may build (on a load, or a spec changed under --watch): writes are
+        # atomic and builds deterministic, so two workers building at once write the same.
         process = context.Process(
             target=_worker,
-            args=(own, index, child_end, level, fmt),
+            args=(worker_settings, index, child_end, level, fmt),
             name=f"onnxforge-worker-{index}",
         )
         process.start()

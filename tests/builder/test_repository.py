@@ -56,10 +56,23 @@ def _triton_model_config() -> Any:
     message(
         "ModelDynamicBatching", [("max_queue_delay_microseconds", 2, F.TYPE_UINT64, None, False)]
     )
+    # Triton nests these in ModelVersionPolicy; text format only sees the field names.
+    message("PolicyLatest", [("num_versions", 1, F.TYPE_UINT32, None, False)])
+    message("PolicyAll", [])
+    message("PolicySpecific", [("versions", 1, F.TYPE_INT64, None, True)])
+    message(
+        "ModelVersionPolicy",
+        [
+            ("latest", 1, F.TYPE_MESSAGE, "PolicyLatest", False),
+            ("all", 2, F.TYPE_MESSAGE, "PolicyAll", False),
+            ("specific", 3, F.TYPE_MESSAGE, "PolicySpecific", False),
+        ],
+    )
     message(
         "ModelConfig",
         [
             ("name", 1, F.TYPE_STRING, None, False),
+            ("version_policy", 3, F.TYPE_MESSAGE, "ModelVersionPolicy", False),
             ("platform", 2, F.TYPE_STRING, None, False),
             ("max_batch_size", 4, F.TYPE_INT32, None, False),
             ("input", 5, F.TYPE_MESSAGE, "ModelInput", True),
@@ -135,7 +148,7 @@ def test_rebuilding_an_unchanged_spec_touches_nothing(
     ]  # no temporary files left behind
 
 
-def test_changed_spec_rewrites_the_model(
+def test_changed_weights_become_a_new_version(
     write_spec: Callable[..., Path], run_cli: Callable[..., Any], tmp_path: Path
 ) -> None:
     spec_path = write_spec(mlp_document())
@@ -146,10 +159,10 @@ def test_changed_spec_rewrites_the_model(
     document["seed"] = 3
     spec_path.write_text(yaml.safe_dump(document))
     result = run_cli("build", spec_path, "-r", tmp_path)
-    assert result.code == 0 and "written" in result.out
-    assert model_file.read_bytes() != old
+    assert result.code == 0 and "new version 2" in result.out
+    assert model_file.read_bytes() == old  # version 1 is left as it was
     x = np.random.default_rng(0).normal(size=(3, 4)).astype(np.float32)
-    session = runtime.session(str(model_file))
+    session = runtime.session(str(tmp_path / "tiny" / "2" / "model.onnx"))
     np.testing.assert_allclose(
         session.run(["y"], {"x": x})[0], reference.forward(load_spec(spec_path), x), atol=1e-6
     )

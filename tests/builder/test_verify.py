@@ -71,7 +71,7 @@ def test_stale_and_missing_files_fail_with_a_reason(
     spec_path = _built(write_spec, run_cli, tmp_path)
     spec_path.write_text(spec_path.read_text().replace("relu", "tanh"))
     stale = run_cli("verify", spec_path, "-r", tmp_path)
-    assert stale.code == 1 and "built from a different version of the spec" in stale.out
+    assert stale.code == 1 and "built from an older version of the spec" in stale.out
     missing = run_cli("verify", spec_path, "-r", tmp_path / "elsewhere")
     assert missing.code == 1 and "not built" in missing.out
 

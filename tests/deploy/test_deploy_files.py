@@ -551,10 +551,11 @@ def test_generated_config_pbtxt_parses_as_a_triton_model_config(served: ServerTh
         "from tritonclient.grpc import model_config_pb2\n"
         "config = text_format.Parse(open(sys.argv[1]).read(), model_config_pb2.ModelConfig())\n"
         "print(config.name, config.platform, config.max_batch_size,\n"
-        "      config.dynamic_batching.max_queue_delay_microseconds)\n"
+        "      config.dynamic_batching.max_queue_delay_microseconds,\n"
+        "      config.version_policy.latest.num_versions)\n"
     )
     result = subprocess.run(
         [sys.executable, "-c", code, str(config)], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["tiny", "onnxruntime_onnx", "8", "100"]
+    assert result.stdout.split() == ["tiny", "onnxruntime_onnx", "8", "100", "1"]

@@ -11,10 +11,11 @@ from typing import Any
 
 import grpc
 import numpy as np
+import onnx
 import pytest
 import yaml
 
-from builder import load_spec, reference
+from builder import load_spec, metadata, reference
 from server.app import Settings
 from server.client import InferenceClient
 from server.generated import inference_pb2 as pb
@@ -88,30 +89,63 @@ def test_a_corrupt_file_leaves_the_other_models_serving(repository: Path) -> Non
         server.stop()
 
 
-def test_versions_resolve_newest_first(repository: Path) -> None:
-    server = ServerThread(Settings(repository=repository, port=0, metrics_port=None)).start()
-    server.stop()
-    # Version 2 of alpha is beta's file: different weights, same interface.
-    (repository / "alpha" / "2").mkdir()
-    shutil.copy(repository / "beta" / "1" / "model.onnx", repository / "alpha" / "2")
+def test_versions_resolve_newest_first(repository: Path, run_cli: Callable[..., Any]) -> None:
+    # Three builds of alpha that compute different things: versions 1, 2 and 3 on disk.
+    references = []
+    for seed in (0, 5, 7):
+        spec = _spec(
+            repository,
+            "alpha",
+            seed=seed,
+            serving={"version_policy": {"latest": 2}, "keep_versions": 3},
+        )
+        assert run_cli("build", spec, "-r", repository).code == 0
+        references.append(reference.forward(load_spec(spec), X))
+    assert sorted(p.name for p in (repository / "alpha").iterdir() if p.is_dir()) == ["1", "2", "3"]
     server = ServerThread(
         Settings(repository=repository, port=0, metrics_port=None, build_missing=False)
     ).start()
     try:
-        alpha = reference.forward(load_spec(repository / "alpha" / "spec.yaml"), X)
-        beta = reference.forward(load_spec(repository / "beta" / "spec.yaml"), X)
         with InferenceClient(server.address) as client:
-            np.testing.assert_allclose(client.infer("alpha", {"x": X})["y"], beta, atol=1e-6)
+            # latest 2: versions 2 and 3 serve, the newest answers unpinned requests.
             np.testing.assert_allclose(
-                client.infer("alpha", {"x": X}, version="1")["y"], alpha, atol=1e-6
+                client.infer("alpha", {"x": X})["y"], references[2], atol=1e-6
+            )
+            np.testing.assert_allclose(
+                client.infer("alpha", {"x": X}, version="2")["y"], references[1], atol=1e-6
             )
             with pytest.raises(grpc.RpcError) as error:
-                client.infer("alpha", {"x": X}, version="3")
+                client.infer("alpha", {"x": X}, version="1")
             assert error.value.code() == grpc.StatusCode.NOT_FOUND
-            assert "available versions: 1, 2" in error.value.details()
-            assert list(client.metadata("alpha").versions) == ["1", "2"]
+            assert "available versions: 2, 3" in error.value.details()
+            assert list(client.metadata("alpha").versions) == ["2", "3"]
     finally:
         server.stop()
+
+
+def test_keep_versions_prunes_old_versions_but_not_foreign_folders(
+    repository: Path, run_cli: Callable[..., Any]
+) -> None:
+    (repository / "alpha" / "9").mkdir(parents=True)  # not a version onnxforge wrote
+    (repository / "alpha" / "9" / "notes.txt").write_text("keep me")
+    for seed in (0, 5, 7):
+        spec = _spec(repository, "alpha", seed=seed)  # keep_versions defaults to 2
+        assert run_cli("build", spec, "-r", repository).code == 0
+    kept = sorted(p.name for p in (repository / "alpha").iterdir() if p.is_dir())
+    assert kept == ["2", "3", "9"]
+    assert (repository / "alpha" / "9" / "notes.txt").read_text() == "keep me"
+
+
+def test_a_rebuild_with_the_same_graph_rewrites_the_newest_version(
+    repository: Path, run_cli: Callable[..., Any]
+) -> None:
+    spec = _spec(repository, "alpha")
+    assert run_cli("build", spec, "-r", repository).code == 0
+    spec = _spec(repository, "alpha", description="same network, new words")
+    assert run_cli("build", spec, "-r", repository).code == 0
+    assert not (repository / "alpha" / "2").exists()
+    model = onnx.load(str(repository / "alpha" / "1" / "model.onnx"))
+    assert metadata.props(model)[metadata.SPEC_SHA256] == load_spec(spec).sha256
 
 
 def test_watch_reloads_a_changed_spec_without_failing_requests(
