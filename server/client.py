@@ -133,6 +133,23 @@ class InferenceClient:
         response: pb.ModelMetadataResponse = self._call("ModelMetadata", request)
         return response
 
+    def metadata_with_headers(
+        self, model: str, version: str = "", timeout: float | None = None
+    ) -> tuple[pb.ModelMetadataResponse, dict[str, str]]:
+        """The metadata and its response headers (onnxforge's: variant, accuracy, spec hash)."""
+        request = pb.ModelMetadataRequest(name=model, version=version)
+        response, call = self._stub.ModelMetadata.with_call(
+            request, timeout=timeout, metadata=self.connection.metadata()
+        )
+        return response, {key: str(value) for key, value in call.initial_metadata()}
+
+    def repository_index(
+        self, ready: bool = False, timeout: float | None = None
+    ) -> list[pb.RepositoryIndexResponse.ModelIndex]:
+        """Every model (and version) the server knows, with its state and reason."""
+        request = pb.RepositoryIndexRequest(ready=ready)
+        return list(self._call("RepositoryIndex", request, timeout).models)
+
     def infer(
         self,
         model: str,
@@ -180,6 +197,22 @@ class AsyncInferenceClient:
         request = pb.ModelMetadataRequest(name=model, version=version)
         response: pb.ModelMetadataResponse = await self._call("ModelMetadata", request)
         return response
+
+    async def metadata_with_headers(
+        self, model: str, version: str = "", timeout: float | None = None
+    ) -> tuple[pb.ModelMetadataResponse, dict[str, str]]:
+        request = pb.ModelMetadataRequest(name=model, version=version)
+        call = self._stub.ModelMetadata(
+            request, timeout=timeout, metadata=self.connection.metadata()
+        )
+        response: pb.ModelMetadataResponse = await call
+        return response, {key: str(value) for key, value in await call.initial_metadata()}
+
+    async def repository_index(
+        self, ready: bool = False, timeout: float | None = None
+    ) -> list[pb.RepositoryIndexResponse.ModelIndex]:
+        request = pb.RepositoryIndexRequest(ready=ready)
+        return list((await self._call("RepositoryIndex", request, timeout)).models)
 
     async def infer(
         self,

@@ -19,6 +19,7 @@ from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2
 from grpc_health.v1._async import HealthServicer  # what grpc_health.v1.health.aio names
 
+from builder.metadata import SPEC_SHA256
 from onnxforge import __version__
 from server import convert, validate
 from server.errors import ServingError, Unavailable
@@ -200,6 +201,8 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[mi
         headers = [("x-onnxforge-variant", version.variant)]
         if version.accuracy is not None:
             headers.append(("x-onnxforge-accuracy", json.dumps(version.accuracy, sort_keys=True)))
+        if SPEC_SHA256 in version.props:  # the spec this version was built from
+            headers.append(("x-onnxforge-spec-sha256", version.props[SPEC_SHA256]))
         await context.send_initial_metadata(headers)
 
         def tensors(items: Any) -> list[pb.ModelMetadataResponse.TensorMetadata]:
