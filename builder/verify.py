@@ -14,7 +14,14 @@ from builder.repository import model_name, model_path, read_model, staleness
 from builder.samples import load_inputs, sample_inputs
 from builder.spec import Spec
 
-__all__ = ["load_inputs", "sample_inputs", "verify_model", "verify_variant"]
+__all__ = [
+    "assess_variant",
+    "check_outputs",
+    "load_inputs",
+    "sample_inputs",
+    "verify_model",
+    "verify_variant",
+]
 
 # float32 matches the float64 reference to about this much after a few thousand-term sums.
 DEFAULT_ATOL = 1e-5
@@ -90,12 +97,24 @@ def verify_model(
     got, problem = _run_built(spec, path, inputs)
     if got is None:
         return ModelCheck(name, variant, path, 0, problem=problem)
+    return ModelCheck(
+        name, variant, path, len(inputs), check_outputs(spec, got, inputs, atol, rtol)
+    )
+
+
+def check_outputs(
+    spec: Spec,
+    got: dict[str, np.ndarray],
+    inputs: np.ndarray,
+    atol: float = DEFAULT_ATOL,
+    rtol: float = DEFAULT_RTOL,
+) -> list[OutputCheck]:
+    """Every output of an fp32 model's answers ``got`` on ``inputs`` against the reference."""
     want = reference.run(spec, inputs)
-    checks = [
+    return [
         compare(out, got[out], want[out], spec.is_classifier(out), atol, rtol)
         for out in spec.output_names
     ]
-    return ModelCheck(name, variant, path, len(inputs), checks)
 
 
 @dataclass(frozen=True)
@@ -115,15 +134,22 @@ class VariantCheck:
 
 def verify_variant(spec: Spec, repository: Path, variant: str, inputs: np.ndarray) -> VariantCheck:
     """Run a built variant and hold its outputs to the variant's budget."""
-    from builder.accuracy import assess, budget_for
-
     name = model_name(spec.name, variant)
     path = model_path(repository, name)
     got, problem = _run_built(spec, path, inputs)
     if got is None:
         return VariantCheck(name, variant, path, problem=problem)
-    report = assess(
-        name,
+    return VariantCheck(name, variant, path, assess_variant(spec, variant, got, inputs))
+
+
+def assess_variant(
+    spec: Spec, variant: str, got: dict[str, np.ndarray], inputs: np.ndarray
+) -> Report:
+    """A variant's answers ``got`` on ``inputs`` against the fp32 reference and its budget."""
+    from builder.accuracy import assess, budget_for
+
+    return assess(
+        model_name(spec.name, variant),
         variant,
         got,
         reference.run(spec, inputs),
@@ -131,4 +157,3 @@ def verify_variant(spec: Spec, repository: Path, variant: str, inputs: np.ndarra
         spec.output_name,
         budget_for(variant, spec.document.budget),
     )
-    return VariantCheck(name, variant, path, report)

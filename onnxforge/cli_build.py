@@ -22,6 +22,7 @@ from onnxforge.cli_common import (
     repository_option,
     specs_argument,
 )
+from onnxforge.cli_serve import connection_options
 
 if TYPE_CHECKING:
     from builder.accuracy import Report
@@ -207,6 +208,12 @@ def _main_figures(accuracy: dict[str, Any] | None) -> list[str]:
     help="Relative tolerance for fp32 files (default 1e-4).",
 )
 @json_option
+@click.option(
+    "--url",
+    help="Check a running server at HOST[:PORT] (default port 8001) instead of the files; "
+    "SPECS are then served model names (default: every model it serves).",
+)
+@connection_options
 def verify(
     specs: tuple[Path, ...],
     repository: Path,
@@ -216,12 +223,25 @@ def verify(
     atol: float | None,
     rtol: float | None,
     as_json: bool,
+    url: str | None,
+    tls_ca: Path | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    token_file: Path | None,
 ) -> None:
     """Run every built model and variant in ONNX Runtime against the NumPy reference.
 
     fp32 files must match to float32 precision; variants must stay inside their budget.
+    With --url, a running server's answers are checked the same way, and the spec hash of
+    each model's newest served version must be the current spec's.
     """
+    tls = (tls_ca, tls_cert, tls_key, token_file)
+    if url is not None or any(tls):
+        from onnxforge.cli_verify_url import verify_url
 
+        names = [str(name) for name in specs]
+        verify_url(url, names, repository, samples, seed, input_file, atol, rtol, tls, as_json)
+        return
     fp32_checks: list[ModelCheck] = []
     variant_checks: list[VariantCheck] = []
     loaded = load_all(find_specs(specs, repository))

@@ -85,15 +85,17 @@ def limit_options(command: Any) -> Any:
 
 def client_options(command: Any) -> Any:
     """How ``infer`` and ``bench`` reach the server: address, TLS, token."""
+    url = click.option(
+        "--url", default="127.0.0.1:8001", show_default=True, help="Server address host:port."
+    )
+    return url(connection_options(command))
+
+
+def connection_options(command: Any) -> Any:
+    """TLS and token options of a client (``--url`` is the command's own)."""
     file = click.Path(path_type=Path, dir_okay=False)
     for option in reversed(
         [
-            click.option(
-                "--url",
-                default="127.0.0.1:8001",
-                show_default=True,
-                help="Server address host:port.",
-            ),
             click.option("--tls-ca", type=file, help="Trust this CA (PEM): connect with TLS."),
             click.option("--tls-cert", type=file, help="Client certificate for mutual TLS."),
             click.option("--tls-key", type=file, help="Client private key for mutual TLS."),
