@@ -129,7 +129,8 @@ def shortfalls(measured: Figures, budget: Budget) -> list[str]:
     """Each budget line the figures break, with the amount.
 
     Figures are printed with as many digits as it takes to tell them from the budget
-    (at least 4), so "0.99995 < 0.9999" never reads "1.0000 < 0.9999" or "short by 0.0000".
+    (at least 4), and the amount to 3 significant digits: a cosine of 0.99985 against 0.9999
+    reads "0.99985 < 0.99990 (short by 5e-05)", never "0.9999 < 0.9999 (short by 0.0000)".
     """
     failures = []
     for key in ("max_abs", "mean_abs"):
@@ -148,16 +149,16 @@ def shortfalls(measured: Figures, budget: Budget) -> list[str]:
 
 
 def distinct(value: float, limit: float, kind: str) -> tuple[str, str, str]:
-    """``value``, ``limit`` and their distance, formatted (``kind``: "f" fixed-point decimals,
-    "g" significant digits) with the fewest digits from 4 up that keep the two apart and the
-    distance above zero."""
-    gap = abs(value - limit)
+    """``value`` and ``limit`` formatted (``kind``: "f" fixed-point decimals, "g" significant
+    digits) with the fewest digits from 4 up that tell them apart and show each within half
+    their distance of the truth; and the distance to 3 significant digits."""
+    distance = abs(value - limit)
     for digits in range(4, 18):
         shown, bound = format(value, f".{digits}{kind}"), format(limit, f".{digits}{kind}")
-        distance = format(gap, f".{digits}{kind}")
-        if shown != bound and float(distance) != 0:
-            return shown, bound, distance
-    return repr(value), repr(limit), repr(gap)  # NaN, or apart by less than 1e-17
+        close = max(abs(float(shown) - value), abs(float(bound) - limit)) <= distance / 2
+        if shown != bound and close:
+            return shown, bound, f"{distance:.3g}"
+    return repr(value), repr(limit), f"{distance:.3g}"  # NaN, or apart by a few ulps
 
 
 def assess(
