@@ -34,7 +34,7 @@ def describe_distribution(spec: Spec) -> str:
         assert dist.normal is not None
         text = f"normal(mean={dist.normal.mean:g}, std={dist.normal.std:g})"
     if "distribution" not in spec.document.input.model_fields_set:
-        return f"input.distribution's default {text} (the spec declares none)"
+        return f"input.distribution's default {text}, which the spec does not declare"
     return f"input.distribution {text}"
 
 

@@ -102,12 +102,13 @@ class Calibration:
             file, given = calibration
             rows, tail = cls._split(given, file)
             source, synthetic = f"{len(rows)} rows of {file.name}", False
-            kept = f"last {_rows(len(tail))} ({len(tail) / len(given):.0%}) of {file.name}"
-            measured.append((tail, f"{kept}, kept back from calibration"))
+            share = f"{len(tail) / len(given):.0%}"
+            kept = f"last {_rows(len(tail))} of {file.name}, the {share} kept back from calibration"
+            measured.append((tail, kept))
         elif calibrate:
             rows, synthetic = draw(CALIBRATION_ROWS, CALIBRATION_SEED), True
-            source = f"{CALIBRATION_ROWS} synthetic rows (seed {CALIBRATION_SEED})"
-            source += f" drawn from {drawn_from}"
+            source = f"{CALIBRATION_ROWS} synthetic rows drawn with seed {CALIBRATION_SEED}"
+            source += f" from {drawn_from}"
         else:
             rows, source, synthetic = np.zeros((0,), np.float32), "", False
         if validation is not None:
@@ -118,7 +119,7 @@ class Calibration:
             described = " + ".join(text for _, text in measured)
             return cls(rows, held_out, source, Rows(described, len(held_out), False), synthetic)
         held_out = draw(HELD_OUT_ROWS, HELD_OUT_SEED)
-        described = f"synthetic rows (seed {HELD_OUT_SEED}) drawn from {drawn_from}"
+        described = f"synthetic rows drawn with seed {HELD_OUT_SEED} from {drawn_from}"
         return cls(rows, held_out, source, Rows(described, len(held_out), True), synthetic)
 
     @staticmethod

@@ -123,7 +123,7 @@ def test_int8_static_is_measured_on_the_calibration_files_kept_back_rows(
     rows = np.load(digits.calibration)
     kept = rows[-(len(rows) // 5) :]  # the last 20%, never calibrated on
     expected_rows = {
-        "source": f"last {len(kept)} rows (20%) of calib.npy, kept back from calibration",
+        "source": f"last {len(kept)} rows of calib.npy, the 20% kept back from calibration",
         "count": len(kept),
         "synthetic": False,
     }
@@ -172,7 +172,7 @@ def test_validation_rows_are_measured_on_in_full(
     measured_on = np.concatenate([kept, validation])
     recorded = report["accuracy"]
     assert recorded["rows"] == {
-        "source": f"last {len(kept)} rows (20%) of calib.npy, kept back from calibration"
+        "source": f"last {len(kept)} rows of calib.npy, the 20% kept back from calibration"
         f" + all {len(validation)} rows of valid.npy",
         "count": len(kept) + len(validation),
         "synthetic": False,
@@ -237,8 +237,8 @@ def test_validation_file_alone_is_measured_on_and_static_calibration_is_drawn(
     settings = json.loads(metadata.props(onnx.load(str(path)))[metadata.QUANTIZATION])
     assert settings["calibration_synthetic"] is True
     assert settings["calibration"] == (
-        "512 synthetic rows (seed 1) drawn from input.distribution's default"
-        " normal(mean=0, std=1) (the spec declares none)"
+        "512 synthetic rows drawn with seed 1 from input.distribution's default"
+        " normal(mean=0, std=1), which the spec does not declare"
     )
 
 
@@ -254,8 +254,8 @@ def test_without_rows_or_a_declared_distribution_the_report_says_synthetic_and_w
     assert "input.distribution" in lines[0] and "--validation" in lines[0]
     [report] = [row for row in json.loads(result.out) if row["variant"] == "int8-dynamic"]
     assert report["accuracy"]["rows"] == {
-        "source": "synthetic rows (seed 2) drawn from input.distribution's default"
-        " normal(mean=0, std=1) (the spec declares none)",
+        "source": "synthetic rows drawn with seed 2 from input.distribution's default"
+        " normal(mean=0, std=1), which the spec does not declare",
         "count": 512,
         "synthetic": True,
     }
@@ -271,7 +271,7 @@ def test_without_rows_or_a_declared_distribution_the_report_says_synthetic_and_w
     table = run_cli("-q", "build", spec_path, "-r", tmp_path / "repo")
     assert table.code == 0 and table.err == ""
     shown = run_cli("build", spec_path, "-r", tmp_path / "repo")
-    assert "tiny: 512 rows: synthetic rows (seed 2)" in shown.out
+    assert "tiny: 512 rows: synthetic rows drawn with seed 2" in shown.out
 
     # A declared distribution is what the author says the data looks like: no warning.
     declared = mlp_document(
@@ -284,7 +284,7 @@ def test_without_rows_or_a_declared_distribution_the_report_says_synthetic_and_w
     [report] = [row for row in json.loads(result.out) if row["variant"] == "int8-dynamic"]
     rows_used = report["accuracy"]["rows"]
     assert rows_used["synthetic"] is True
-    assert rows_used["source"].endswith("drawn from input.distribution uniform(low=-1, high=1)")
+    assert rows_used["source"].endswith("seed 2 from input.distribution uniform(low=-1, high=1)")
 
 
 @pytest.mark.parametrize(
@@ -346,7 +346,7 @@ def test_quantize_measures_on_the_users_rows(
     assert result.err == ""  # real rows: nothing to warn about
     report = json.loads(result.out)
     assert report["rows"] == {
-        "source": f"last {len(kept)} rows (20%) of calib.npy, kept back from calibration"
+        "source": f"last {len(kept)} rows of calib.npy, the 20% kept back from calibration"
         f" + all {len(validation)} rows of valid.npy",
         "count": len(kept) + len(validation),
         "synthetic": False,
@@ -377,7 +377,7 @@ def test_quantize_measures_on_the_users_rows(
     assert bare.code == 0, bare.err
     [line] = bare.err.strip().splitlines()
     assert line.startswith(f"onnxforge: warning: {source}: no calibration or validation rows")
-    assert "(synthetic rows (seed 2) drawn from a standard normal distribution)" in bare.out
+    assert "(synthetic rows drawn with seed 2 from a standard normal distribution)" in bare.out
 
 
 # --- figures printed with enough digits -------------------------------------------------

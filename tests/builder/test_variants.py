@@ -53,9 +53,9 @@ def test_bundled_variant_records_the_figures_it_really_has(digits_repo: Path, va
     measured = figures(_run(path, x, "probabilities"), reference.forward(spec, x), True)
     assert recorded["samples"] == HELD_OUT_ROWS
     # No rows were given: the spec's declared distribution stands in, and the record says so.
-    drawn = "drawn from input.distribution uniform(low=0, high=1)"
+    drawn = "input.distribution uniform(low=0, high=1)"
     assert recorded["rows"] == {
-        "source": f"synthetic rows (seed {HELD_OUT_SEED}) {drawn}",
+        "source": f"synthetic rows drawn with seed {HELD_OUT_SEED} from {drawn}",
         "count": HELD_OUT_ROWS,
         "synthetic": True,
     }
@@ -69,7 +69,7 @@ def test_bundled_variant_records_the_figures_it_really_has(digits_repo: Path, va
     assert settings["measured_on"] == recorded["rows"]["source"]
     if variant == "int8-static":
         assert settings["method"] == "minmax"
-        assert settings["calibration"] == f"512 synthetic rows (seed 1) {drawn}"
+        assert settings["calibration"] == f"512 synthetic rows drawn with seed 1 from {drawn}"
         assert settings["calibration_synthetic"] is True
     else:  # nothing was calibrated
         assert "calibration" not in settings
@@ -189,7 +189,7 @@ def test_calibration_file_is_split_and_recorded(
     [row] = json.loads(result.out)
     assert row["accuracy"]["samples"] == 20  # only the file's last 20% are measured on
     assert row["accuracy"]["rows"] == {
-        "source": "last 20 rows (20%) of rows.npy, kept back from calibration",
+        "source": "last 20 rows of rows.npy, the 20% kept back from calibration",
         "count": 20,
         "synthetic": False,
     }
