@@ -99,6 +99,8 @@ def build(
             "model": result.artifact.name,
             "variant": result.artifact.variant,
             "status": "written" if result.changed else "unchanged",
+            "version": result.version,
+            "new_version": result.new_version,
             "bytes": len(result.artifact.model),
             "path": str(result.path),
             "accuracy": result.artifact.report.as_dict() if result.artifact.report else None,
@@ -138,18 +140,26 @@ def _print_build(rows: list[dict[str, Any]], repository: Path) -> None:
         "cosine",
         "argmax agr.",
         caption=_caption(rows),
-        title=f"onnxforge build -> {repository}/<model>/1/model.onnx",
+        title=f"onnxforge build -> {repository}/<model>/<version>/model.onnx",
     )
     for row in rows:
         figures = _main_figures(row["accuracy"])
         table.add_row(
             str(row["model"]),
             str(row["variant"]),
-            "[red]REFUSED[/red]" if row["status"] == "refused" else str(row["status"]),
+            _status(row),
             "-" if row["bytes"] is None else f"{row['bytes']:,}",
             *figures,
         )
     console().print(table)
+
+
+def _status(row: dict[str, Any]) -> str:
+    if row["status"] == "refused":
+        return "[red]REFUSED[/red]"
+    if row["new_version"] and row["status"] == "written":
+        return f"new version {row['version']}"
+    return f"{row['status']} (version {row['version']})"
 
 
 def _caption(rows: list[dict[str, Any]]) -> str:
@@ -359,23 +369,16 @@ def _print_variants(results: list[VariantCheck]) -> None:
         "result",
         title="variants vs the fp32 NumPy reference (budget on the output)",
     )
+    problems = []  # one line each under the table: long reasons do not fit a cell
     for result in results:
         if result.report is None:
-            table.add_row(
-                result.model,
-                result.variant,
-                "-",
-                "-",
-                "-",
-                "-",
-                f"[red]FAIL[/red]: {result.problem}",
-            )
+            table.add_row(result.model, result.variant, "-", "-", "-", "-", "[red]FAIL[/red]")
+            problems.append(f"{result.model}: {result.problem}")
             continue
         main = result.report.outputs[result.report.checked_output]
         agreement = "-" if main.argmax_agreement is None else f"{main.argmax_agreement:.4f}"
-        verdict = (
-            "ok" if result.ok else "[red]OVER BUDGET[/red]: " + "; ".join(result.report.failures)
-        )
+        if not result.ok:
+            problems.append(f"{result.model}: over budget: {'; '.join(result.report.failures)}")
         table.add_row(
             result.model,
             result.variant,
@@ -383,6 +386,8 @@ def _print_variants(results: list[VariantCheck]) -> None:
             f"{main.mean_abs:.3g}",
             f"{main.cosine:.5f}",
             agreement,
-            verdict,
+            "ok" if result.ok else "[red]OVER BUDGET[/red]",
         )
     out.print(table)
+    for line in problems:
+        out.print(line, soft_wrap=True, markup=False, highlight=False)

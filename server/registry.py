@@ -187,7 +187,7 @@ class Registry:
         """After ``base``'s spec changed: rebuild, then reload each of its models that serves
         or should; models unloaded on purpose stay so. Returns the names reloaded."""
         changed = await self.build(base) if self.build_missing else []
-        names = set(self.specs.declared(base)) | {
+        names = {base, *self.specs.declared(base)} | {
             name for name in self.entries if self.specs.owner(name) == base
         }
         reloaded = []

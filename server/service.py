@@ -25,6 +25,7 @@ from server import convert, validate
 from server.errors import ServingError, Unavailable
 from server.generated import inference_pb2 as pb
 from server.generated import inference_pb2_grpc as pb_grpc
+from server.overrides import parse_load_parameters
 from server.peers import Peers, forwarded, merge_statistics
 from server.registry import PLATFORM, Registry, State
 from server.stats import ModelStats, Statistics
@@ -34,8 +35,6 @@ SERVICE_NAME = "inference.GRPCInferenceService"
 # SERVING while the process runs, whatever the models do: for liveness probes, which
 # should not restart a server because one model failed to load.
 LIVE_SERVICE = "onnxforge.Live"
-# Reasons a model is not ready that do not make the server unready.
-DELIBERATE = frozenset({"unloaded", "removed from the repository"})
 EXTENSIONS = ["model_repository", "statistics", "model_repository(unload_dependents)"]
 
 Response = TypeVar("Response")
@@ -128,7 +127,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[mi
     def ready(self) -> bool:
         """Every model is ready, except those unloaded on purpose (as Triton counts it)."""
         return not self.draining and all(
-            entry.state == State.READY or entry.reason in DELIBERATE
+            entry.state == State.READY or entry.deliberate
             for entry in self.registry.entries.values()
         )
 
@@ -325,9 +324,10 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[mi
     ) -> pb.RepositoryModelLoadResponse:
         # KServe's own proto puts the model name in field 1 (our repository_name).
         name = request.model_name or request.repository_name
-        entry = await self.registry.load(name)
+        config = parse_load_parameters(name, request.parameters)
+        entry = await self.registry.load(name, config)
         if self.peers is not None and not forwarded(context, self.peers.token):
-            await self.peers.load(name)
+            await self.peers.load(request)
         await self.sync_health()
         if entry.state != State.READY:
             raise ServingError(
