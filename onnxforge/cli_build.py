@@ -290,10 +290,20 @@ def _verify_one(
     import numpy as np
 
     from builder import verify as checks
+    from builder.repository import calibration_file, validation_file
+    from builder.variants import Calibration
 
     inputs = checks.sample_inputs(spec, samples, seed)
-    if input_file is not None:
-        inputs = np.concatenate([inputs, checks.load_inputs(input_file, spec)])
+    given = None if input_file is None else checks.load_inputs(input_file, spec)
+    if given is not None:
+        inputs = np.concatenate([inputs, given])
+    # Variants are held to their budget on the user's data when there is any, as build
+    # measured them (the spec's kept-back calibration rows and validation file, --input).
+    variant_rows = [] if given is None else [given]
+    files = calibration_file(spec, None), validation_file(spec, None)
+    if any(file is not None for file in files):
+        variant_rows.insert(0, Calibration.for_spec(spec, *files).held_out)
+    for_variants = np.concatenate(variant_rows) if variant_rows else inputs
     fp32_checks.append(
         checks.verify_model(
             spec,
@@ -305,7 +315,7 @@ def _verify_one(
         )
     )
     variant_checks += [
-        checks.verify_variant(spec, repository, variant, inputs)
+        checks.verify_variant(spec, repository, variant, for_variants)
         for variant in spec.document.variants
         if variant != "fp32"
     ]

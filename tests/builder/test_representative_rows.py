@@ -181,6 +181,14 @@ def test_validation_rows_are_measured_on_in_full(
     measured = _measure(spec_path, path, measured_on)
     _assert_recorded(recorded, measured)
     assert measured.argmax_agreement is not None and measured.argmax_agreement >= 0.95
+    # verify holds the variant to its budget on the same rows, not on drawn ones.
+    verified = run_cli("verify", spec_path, "-r", tmp_path / "repo", "--json")
+    assert verified.code == 0, verified.out
+    [check] = [row for row in json.loads(verified.out) if row["variant"] == "int8-static"]
+    assert check["accuracy"]["samples"] == len(measured_on)
+    assert check["accuracy"]["outputs"]["y"]["argmax_agreement"] == pytest.approx(
+        measured.argmax_agreement
+    )
     # inspect shows where the recorded figures come from.
     inspected = run_cli("inspect", path, "--json")
     assert json.loads(inspected.out)["accuracy"]["rows"] == recorded["rows"]
