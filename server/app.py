@@ -6,6 +6,7 @@ import asyncio
 import ipaddress
 import logging
 import signal
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,6 +46,15 @@ class Settings:
     control_port: bool = False  # also listen on a private 127.0.0.1 port for peer workers
 
 
+# The drain: after in-flight work is done, calls are still answered UNAVAILABLE until
+# none has arrived or ended for QUIET_SECONDS (at most SETTLE_SECONDS, and never past the
+# grace period). Only then does the transport stop: gRPC cancels (CANCELLED, not
+# UNAVAILABLE) any call it has received but not yet handed to the servicer when it stops.
+QUIET_SECONDS = 0.25
+SETTLE_SECONDS = 2.0
+POLL_SECONDS = 0.01
+
+
 @dataclass
 class Running:
     server: grpc.aio.Server
@@ -57,21 +67,53 @@ class Running:
     control_port: int | None = None
 
     async def stop(self, grace: float) -> None:
-        """Stop accepting, let in-flight requests finish (up to ``grace`` s), close models."""
-        self.service.draining = True
+        """Drain, then stop: every request gets its full answer or UNAVAILABLE.
+
+        1. Draining: health says NOT_SERVING, new inference calls are answered UNAVAILABLE,
+           a stream ends with UNAVAILABLE after the request it is serving.
+        2. Wait (up to ``grace`` s) for the requests in flight and the open streams.
+        3. Settle: keep answering UNAVAILABLE until the traffic stops (see QUIET_SECONDS).
+        4. Stop the transport (whatever still runs when ``grace`` is over is cancelled and
+           counted as cut off), close the models.
+        """
+        service = self.service
+        deadline = time.monotonic() + grace
+        answered, refused, cut = (
+            service.answered_draining,
+            service.refused_draining,
+            service.cut_off,
+        )
+        service.draining = True
+        for stream in list(service.idle_streams):  # woken to end with UNAVAILABLE
+            stream.cancel()
         if self.watcher is not None:
             self.watcher.cancel()
-        in_flight, cut_before = self.service.in_flight, self.service.cut_off
-        if self.service.health is not None:
-            await self.service.health.enter_graceful_shutdown()
-        await self.server.stop(grace)
+        if service.health is not None:
+            await service.health.enter_graceful_shutdown()
+        await self._drain(deadline)
+        await self.server.stop(max(0.0, deadline - time.monotonic()))
         await self.registry.close()
         self.metrics.stop()
         log.info(
-            "stopped: %d request(s) were in flight, %d cut off",
-            in_flight,
-            self.service.cut_off - cut_before,
+            "stopped: %d answered during the drain, %d refused UNAVAILABLE, %d cut off",
+            service.answered_draining - answered,
+            service.refused_draining - refused,
+            service.cut_off - cut,
         )
+
+    async def _drain(self, deadline: float) -> None:
+        """Until nothing is in flight and no call came or went for QUIET_SECONDS."""
+        service = self.service
+        idle_since: float | None = None  # nothing in flight since then
+        while (now := time.monotonic()) < deadline:
+            if service.in_flight or service.open_streams:
+                idle_since = None
+            else:
+                idle_since = now if idle_since is None else idle_since
+                quiet = now - service.last_activity_ns / 1e9
+                if quiet >= QUIET_SECONDS or now - idle_since >= SETTLE_SECONDS:
+                    return
+            await asyncio.sleep(POLL_SECONDS)
 
 
 async def create_server(settings: Settings) -> Running:

@@ -123,6 +123,12 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[mi
         self.max_rows = 65536  # rows per request
         self.in_flight = 0  # requests between arrival and answer
         self.cut_off = 0  # requests cancelled while being served (client gone, or shutdown)
+        # The drain (server.app.Running.stop): what it waits for and what it reports.
+        self.answered_draining = 0  # requests answered after draining began
+        self.refused_draining = 0  # calls answered UNAVAILABLE because the server drains
+        self.last_activity_ns = time.monotonic_ns()  # an inference request arrived or ended
+        self.open_streams = 0  # ModelStreamInfer calls not yet ended
+        self.idle_streams: set[asyncio.Task[Any]] = set()  # streams awaiting their next request
 
     def ready(self) -> bool:
         """Every model is ready, except those unloaded on purpose (as Triton counts it)."""
@@ -226,9 +232,11 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[mi
         self, request: pb.ModelInferRequest, deadline: float | None
     ) -> pb.ModelInferResponse:
         if self.draining:
+            self.refused_draining += 1
+            self.last_activity_ns = time.monotonic_ns()
             raise Unavailable("the server is shutting down")
         version = self.registry.get(request.model_name, request.model_version)
-        started = time.monotonic_ns()
+        started = self.last_activity_ns = time.monotonic_ns()
         rows = 0
         status = "UNKNOWN"
         self.in_flight += 1
@@ -244,6 +252,8 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[mi
             results = await version.infer(inputs, outputs, deadline)
             tensors, raw = convert.output_tensors(results, raw=bool(request.raw_input_contents))
             status = "OK"
+            if self.draining:
+                self.answered_draining += 1
         except ServingError as error:
             status = error.code.name
             raise
@@ -253,7 +263,8 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[mi
             raise
         finally:
             self.in_flight -= 1
-            elapsed = time.monotonic_ns() - started
+            self.last_activity_ns = time.monotonic_ns()
+            elapsed = self.last_activity_ns - started
             self.statistics.request(version.model, version.version, status, elapsed, rows)
         return pb.ModelInferResponse(
             model_name=version.model,
@@ -274,26 +285,53 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[mi
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: Any
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
-        async for request in request_iterator:
-            if isinstance(request, Undecodable):
-                yield pb.ModelStreamInferResponse(error_message=request.message)
-                continue
-            try:
-                response = await self._infer(request, None)
-            except ServingError as error:
-                # The id tells a client which of its requests failed (as Triton does).
-                yield pb.ModelStreamInferResponse(
-                    error_message=error.message, infer_response=pb.ModelInferResponse(id=request.id)
-                )
-                continue
-            except Exception:
-                log.exception("unexpected error in ModelStreamInfer")
-                yield pb.ModelStreamInferResponse(
-                    error_message="internal error (see the server log)",
-                    infer_response=pb.ModelInferResponse(id=request.id),
-                )
-                continue
-            yield pb.ModelStreamInferResponse(infer_response=response)
+        # Requests are served one after the other. Once the server drains, the request in
+        # progress is answered and the stream then ends with UNAVAILABLE; a stream waiting
+        # for its next request is woken by the drain (which cancels its task) to end so.
+        task = asyncio.current_task()
+        assert task is not None  # a handler always runs in a task
+        requests = aiter(request_iterator)
+        self.open_streams += 1
+        try:
+            while True:
+                if self.draining:
+                    self.refused_draining += 1
+                    error = Unavailable("the server is shutting down")
+                    await context.abort(error.code, error.message)
+                self.idle_streams.add(task)
+                try:
+                    request = await anext(requests)
+                except StopAsyncIteration:
+                    return
+                except asyncio.CancelledError:
+                    if not self.draining:
+                        raise  # the client went away
+                    continue
+                finally:
+                    self.idle_streams.discard(task)
+                if isinstance(request, Undecodable):
+                    yield pb.ModelStreamInferResponse(error_message=request.message)
+                    continue
+                try:
+                    response = await self._infer(request, None)
+                except ServingError as error:
+                    # The id tells a client which of its requests failed (as Triton does).
+                    yield pb.ModelStreamInferResponse(
+                        error_message=error.message,
+                        infer_response=pb.ModelInferResponse(id=request.id),
+                    )
+                    continue
+                except Exception:
+                    log.exception("unexpected error in ModelStreamInfer")
+                    yield pb.ModelStreamInferResponse(
+                        error_message="internal error (see the server log)",
+                        infer_response=pb.ModelInferResponse(id=request.id),
+                    )
+                    continue
+                yield pb.ModelStreamInferResponse(infer_response=response)
+        finally:
+            self.open_streams -= 1
+            self.last_activity_ns = time.monotonic_ns()
 
     # ------------------------------------------------------------------ repository
 

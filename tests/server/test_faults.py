@@ -621,9 +621,10 @@ def test_sigterm_under_high_concurrency_answers_every_accepted_request(tmp_path:
     """64 asyncio clients on the wide model; SIGTERM mid-traffic; exit 0, nothing cut off.
 
     Each client sends until its first refusal. Every request is answered (and right) or
-    refused with UNAVAILABLE or CANCELLED before it reached a model; none is lost. The
-    server's own count of requests in flight at the stop must have been answered after
-    the signal.
+    refused with UNAVAILABLE before it reached a model; none is lost. The requests the
+    server says it answered during the drain were answered after the signal, and it
+    refused exactly one request per client. (``test_drain.py`` holds every outcome to
+    this with streams and ``--workers 2`` too.)
     """
     spec = load_spec(_bundled_fp32(tmp_path, "wide-mlp"))
     rng = np.random.default_rng(3)
@@ -648,7 +649,7 @@ def test_sigterm_under_high_concurrency_answers_every_accepted_request(tmp_path:
                         got = await inference.infer("wide-mlp", {"x": pool[index]}, timeout=60)
                     except grpc.aio.AioRpcError as error:
                         code = error.code()
-                        if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
+                        if code == grpc.StatusCode.UNAVAILABLE:
                             tally.add("wide-mlp", "refused")
                         else:
                             tally.add("wide-mlp", "lost", f"{code.name}: {error.details()}")
@@ -679,7 +680,9 @@ def test_sigterm_under_high_concurrency_answers_every_accepted_request(tmp_path:
         _stop_process(server)
     assert signalled is not None
     log = "".join(server.lines)
-    stopped = re.search(r"stopped: (\d+) request\(s\) were in flight, (\d+) cut off", log)
+    stopped = re.search(
+        r"stopped: (\d+) answered during the drain, (\d+) refused UNAVAILABLE, (\d+) cut off", log
+    )
     print(
         f"\n(c) {tally.table()}, {after_signal} answered after SIGTERM; server: "
         f"{stopped.group(0) if stopped else 'no stop line'}; exit {code}; "
@@ -687,10 +690,11 @@ def test_sigterm_under_high_concurrency_answers_every_accepted_request(tmp_path:
     )
     assert code == 0, log
     assert "shutting down: finishing in-flight requests" in log
-    assert stopped is not None and stopped.group(2) == "0", log
-    in_flight = int(stopped.group(1))
-    assert in_flight > 0, "SIGTERM did not land mid-traffic"
-    assert after_signal >= in_flight
+    assert stopped is not None and stopped.group(3) == "0", log
+    drained = int(stopped.group(1))
+    assert drained > 0, "SIGTERM did not land mid-traffic"
+    assert after_signal >= drained
+    assert int(stopped.group(2)) == concurrency  # each client's refusal, from the servicer
     assert not tally.lost_why, tally.lost_why
     assert tally.refused["wide-mlp"] == concurrency  # each client stops at its refusal
     assert tally.sent["wide-mlp"] == tally.answered["wide-mlp"] + concurrency
