@@ -61,6 +61,7 @@ def build(
     of --calibration and all of --validation; rows drawn from the spec's input.distribution
     only when neither is given.
     """
+    from builder.layout import versions
     from builder.repository import (
         artifacts,
         calibration_file,
@@ -125,7 +126,14 @@ def build(
     else:
         _print_build(rows, repository)
     for spec, report in refused:
-        click.echo(f"onnxforge: {refusal_message(report, str(spec.path or spec.name))}", err=True)
+        line = refusal_message(report, str(spec.path or spec.name))
+        older = versions(repository / report.model)
+        if older:  # the server and verify refuse these too; say so where the refusal is read
+            line += (
+                f"; its version(s) {', '.join(map(str, older))} in {repository / report.model} "
+                "are of an older spec and are not served"
+            )
+        click.echo(f"onnxforge: {line}", err=True)
     if refused:
         raise SystemExit(EXIT_FAILED)
 

@@ -154,6 +154,7 @@ def test_a_refused_variant_is_not_served_from_an_older_spec(
     spec = _write(repository, "tiny", document)
     built = run_cli("build", spec, "-r", repository)
     assert built.code == 1 and "REFUSED" in built.out
+    assert "version(s) 1 in" in built.err and "are of an older spec and are not served" in built.err
     assert (repository / "tiny-int8-dynamic" / "1" / "model.onnx").is_file()  # still on disk
     checked = run_cli("verify", spec, "-r", repository)
     assert checked.code == 1 and "relax its `budget:`" in " ".join(checked.out.split())
