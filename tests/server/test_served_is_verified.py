@@ -268,3 +268,17 @@ def test_a_load_applies_its_config_or_refuses_it_by_field(repository: Path) -> N
         assert _answers(server.url, "tiny", spec)  # still serving
     finally:
         server.close()
+
+
+def test_with_workers_a_spec_only_load_reaches_every_worker(repository: Path) -> None:
+    _write(repository, "first", mlp_document(name="first"))
+    server = ServeProcess(repository, "--workers", "2", pattern=PATTERN)
+    try:
+        spec = _write(repository, "tiny", mlp_document())
+        _load(server.url, "tiny", config=json.dumps({"max_batch_size": 8}))
+        with InferenceClient(server.url) as client:
+            assert client.ready("tiny")  # asked of every worker
+        # New connections land on either worker; each answers from the built file.
+        assert all(_answers(server.url, "tiny", spec) for _ in range(12))
+    finally:
+        server.close()
