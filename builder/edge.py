@@ -37,6 +37,20 @@ Choices:
 * Shapes in the manifest use ``-1`` for a dynamic dimension (as KServe's model metadata and
   ``config.pbtxt`` do); ``dims`` keeps each dimension's symbolic name (``"batch"``) or size.
 
+One folder, one model. ``manifest.json`` and ``required_operators.config`` describe the
+folder: the manifest names its one model and every file of it, and a reduced build made
+with the folder's operator list runs every ``.ort`` file in the folder. A second model in
+the same folder would break one or the other (the operator list would drop the first
+model's kernels, or the manifest would stop describing the folder), so an export into a
+folder that holds another model's export is refused with one line, and so is an export
+that would overwrite a file no export of this model wrote (a ``manifest.json`` that is not
+an export's included). Nothing is deleted but the files this model's earlier export listed
+in its manifest: exporting the same model again replaces its own files (and removes those
+of the other optimization style). Several models go in a folder each (``edge/<name>/``);
+for one reduced build that runs them all, concatenate their operator lists (ONNX Runtime's
+parser merges the lines of a domain and opset):
+``cat edge/*/required_operators.config > required_operators.config``.
+
 Everything is written in a temporary folder beside ``out_dir`` and moved into place
 afterwards (one rename when ``out_dir`` does not exist yet; file by file, ``manifest.json``
 last, into an existing folder). A failure leaves no file behind and creates no folder.
@@ -127,6 +141,8 @@ def export_edge(
     quantization = _json_prop(model_path, props, metadata.QUANTIZATION)
     if out_dir.exists() and not out_dir.is_dir():
         raise ArtifactError(f"{out_dir}: exists and is not a folder")
+    if out_dir.is_dir():  # refuse now rather than after converting (checked again to publish)
+        _claim(out_dir, name, _file_names(name, optimization_style))
 
     created = _make_parents(out_dir.parent)
     stage = out_dir.parent / f".{out_dir.name}.{secrets.token_hex(4)}.partial"
@@ -176,7 +192,7 @@ def export_edge(
             }
             text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
             (staged / MANIFEST).write_text(text, encoding="utf-8")
-            _publish(staged, out_dir, [ort_file.name, config_file.name, MANIFEST])
+            _publish(staged, out_dir, name, [ort_file.name, config_file.name, MANIFEST])
         except OSError as error:  # the folder cannot be written: say so on one line
             reason = error.strerror or str(error)
             raise ArtifactError(f"{out_dir}: cannot write the export: {reason}") from None
@@ -424,7 +440,14 @@ def _make_parents(folder: Path) -> list[Path]:
     return created
 
 
-def _publish(staged: Path, out_dir: Path, names: list[str]) -> None:
+def _file_names(name: str, style: str) -> list[str]:
+    """The files the converter writes for ``name`` in ``style`` (as ONNX Runtime names them)."""
+    if style == "runtime":
+        return [f"{name}.with_runtime_opt.ort", "required_operators.with_runtime_opt.config"]
+    return [f"{name}.ort", "required_operators.config"]
+
+
+def _publish(staged: Path, out_dir: Path, model: str, names: list[str]) -> None:
     """Move the staged files into ``out_dir``; ``names`` are moved in order, manifest last."""
     for name in names:
         with open(staged / name, "rb") as file:
@@ -433,19 +456,52 @@ def _publish(staged: Path, out_dir: Path, names: list[str]) -> None:
         with contextlib.suppress(OSError):  # lost a race: fall back to file by file
             os.rename(staged, out_dir)
             return
-    previous = _previous_files(out_dir / MANIFEST)
+    previous = _claim(out_dir, model, names)
     for name in names:
         os.replace(staged / name, out_dir / name)
-    for name in previous - set(names):  # left by an earlier export (e.g. the other style)
+    for name in previous - set(names):  # left by this model's earlier export (other style)
         with contextlib.suppress(OSError):
             (out_dir / name).unlink()
 
 
-def _previous_files(manifest: Path) -> set[str]:
-    """The files an earlier export listed in ``manifest`` (plain names only)."""
+def _claim(out_dir: Path, model: str, names: list[str]) -> set[str]:
+    """The files an earlier export of ``model`` listed in ``out_dir``: ours to replace.
+
+    Refuses (one line) a folder holding another model's export or a ``manifest.json`` that
+    is not an export's, and a file among ``names`` that no export of ``model`` wrote.
+    """
+    manifest = out_dir / MANIFEST
+    previous: set[str] = set()
+    if os.path.lexists(manifest):
+        owner, previous = _previous_export(manifest)
+        if owner is None:
+            raise ArtifactError(
+                f"{manifest}: not a manifest that export-edge wrote; "
+                "remove it or export into another folder"
+            )
+        if owner != model:
+            raise ArtifactError(
+                f"{out_dir}: holds the edge export of '{owner}' (one model per folder); "
+                f"export '{model}' into another folder, e.g. {out_dir / model}"
+            )
+    for name in names:
+        if name != MANIFEST and name not in previous and os.path.lexists(out_dir / name):
+            raise ArtifactError(
+                f"{out_dir / name}: exists, and no edge export of '{model}' wrote it; "
+                "remove it or export into another folder"
+            )
+    return previous
+
+
+def _previous_export(manifest: Path) -> tuple[str | None, set[str]]:
+    """The model an earlier export's ``manifest`` names and the files it lists (plain names
+    only); ``(None, set())`` when it is not such a manifest."""
     try:
-        files = json.loads(manifest.read_text(encoding="utf-8")).get("files", {})
-        names = {entry["file"] for entry in files.values()}
+        data = json.loads(manifest.read_text(encoding="utf-8"))
+        model = data["model"]
+        names = {entry["file"] for entry in data["files"].values()}
     except (OSError, ValueError, AttributeError, KeyError, TypeError):
-        return set()
-    return {name for name in names if isinstance(name, str) and name == Path(name).name}
+        return None, set()
+    if not isinstance(model, str):
+        return None, set()
+    return model, {name for name in names if isinstance(name, str) and name == Path(name).name}

@@ -35,7 +35,8 @@ def resolve_model(model: str, repository: Path) -> Path:
     "out_dir",
     required=True,
     type=click.Path(path_type=Path),
-    help="Folder to write <name>.ort, required_operators.config and manifest.json into.",
+    help="Folder to write <name>.ort, required_operators.config and manifest.json into: "
+    "one model per folder (a folder holding another model's export is refused).",
 )
 @click.option(
     "--target-platform",

@@ -397,8 +397,12 @@ def test_failure_leaves_an_existing_export_untouched(
     export_edge(source, out)
     (out / "notes.txt").write_text("mine\n")
     snapshot = {p.name: p.read_bytes() for p in out.iterdir()}
-    with pytest.raises(ArtifactError):
-        export_edge(_bad_files(tmp_path)["unknown-op"], out)
+    # A file of the same model's name, so that the conversion runs (and fails).
+    broken = tmp_path / "broken" / f"{edge_name(source)}.onnx"
+    broken.parent.mkdir()
+    broken.write_bytes(_bad_files(tmp_path)["unknown-op"].read_bytes())
+    with pytest.raises(ArtifactError, match="ONNX Runtime cannot convert it"):
+        export_edge(broken, out)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == snapshot
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
@@ -493,6 +497,104 @@ def test_cli_json_prints_the_manifest(
     result = edge_cli("export-edge", source, "--out", out, "--json", "--target-platform", "amd64")
     assert result.code == 0 and result.err == ""
     assert json.loads(result.out) == json.loads((out / MANIFEST).read_text())
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+
+
+def test_cli_a_second_model_never_deletes_the_first(
+    edge_cli: Callable[..., CliResult], digits_repo: Path, tmp_path: Path
+) -> None:
+    """One folder, one model: a second model's export into it is refused, the first kept."""
+    out = tmp_path / "edge"
+    first = edge_cli("export-edge", "digits-mlp-int8-static", "-r", digits_repo, "--out", out)
+    assert first.code == 0, first.err
+    kept = _files(out)
+    assert sorted(kept) == ["digits-mlp-int8-static.ort", MANIFEST, "required_operators.config"]
+
+    second = edge_cli("export-edge", "digits-mlp", "-r", digits_repo, "--out", out)
+    assert second.code == 2 and second.out == ""
+    assert second.err == (
+        f"onnxforge: error: {out}: holds the edge export of 'digits-mlp-int8-static' "
+        f"(one model per folder); export 'digits-mlp' into another folder, "
+        f"e.g. {out / 'digits-mlp'}\n"
+    )
+    assert _files(out) == kept  # byte for byte
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["edge"]  # no staging left
+
+    # Where the message says: both exports intact, side by side.
+    third = edge_cli("export-edge", "digits-mlp", "-r", digits_repo, "--out", out / "digits-mlp")
+    assert third.code == 0, third.err
+    assert _files(out) == kept
+    manifests = [
+        json.loads((folder / MANIFEST).read_text()) for folder in (out, out / "digits-mlp")
+    ]
+    assert [m["model"] for m in manifests] == ["digits-mlp-int8-static", "digits-mlp"]
+    # The operator lists put together: one reduced build for both models.
+    joined = tmp_path / "both.config"
+    joined.write_text(
+        "".join(
+            (folder / "required_operators.config").read_text()
+            for folder in (out, out / "digits-mlp")
+        )
+    )
+    required, _ = parse_config(str(joined))
+    assert required is not None
+    both = {
+        (domain, op) for domain, opsets in required.items() for ops in opsets.values() for op in ops
+    }
+    listed = [{(op["domain"], op["op_type"]) for op in m["operators"]} for m in manifests]
+    assert both == listed[0] | listed[1]
+    assert listed[0] - listed[1] and listed[1] - listed[0]  # each model needs kernels of its own
+
+
+def test_cli_exporting_the_same_model_again_replaces_its_own_files(
+    edge_cli: Callable[..., CliResult], digits_repo: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "edge"
+    args = ("export-edge", "digits-mlp-int8-dynamic", "-r", digits_repo, "--out", out)
+    assert edge_cli(*args, "--optimization-style", "runtime").code == 0
+    (out / "notes.txt").write_text("the deployer's own file\n")
+    assert sorted(_files(out)) == [
+        "digits-mlp-int8-dynamic.with_runtime_opt.ort",
+        MANIFEST,
+        "notes.txt",
+        "required_operators.with_runtime_opt.config",
+    ]
+    for _ in range(2):  # the other style's files replaced, then this style's own files
+        result = edge_cli(*args)
+        assert result.code == 0 and result.err == ""
+        files = _files(out)
+        assert sorted(files) == [
+            "digits-mlp-int8-dynamic.ort",
+            MANIFEST,
+            "notes.txt",
+            "required_operators.config",
+        ]
+        assert files["notes.txt"] == b"the deployer's own file\n"
+        manifest = json.loads(files[MANIFEST])
+        assert manifest["model"] == "digits-mlp-int8-dynamic"
+        for entry in manifest["files"].values():
+            assert hashlib.sha256(files[entry["file"]]).hexdigest() == entry["sha256"]
+
+
+@pytest.mark.parametrize("case", ["foreign-config", "foreign-ort", "not-a-manifest"])
+def test_cli_a_file_no_export_of_this_model_wrote_is_not_overwritten(
+    edge_cli: Callable[..., CliResult], digits_repo: Path, tmp_path: Path, case: str
+) -> None:
+    out = tmp_path / "edge"
+    out.mkdir()
+    name = {
+        "foreign-config": "required_operators.config",
+        "foreign-ort": "digits-mlp.ort",
+        "not-a-manifest": MANIFEST,
+    }[case]
+    (out / name).write_text("someone else's\n")
+    result = edge_cli("export-edge", "digits-mlp", "-r", digits_repo, "--out", out)
+    assert result.code == 2 and result.out == "" and result.err.count("\n") == 1
+    assert result.err.startswith(f"onnxforge: error: {out / name}: ")
+    assert _files(out) == {name: b"someone else's\n"}
 
 
 @pytest.mark.parametrize("case", ["missing", "garbage", "unknown-op"])
