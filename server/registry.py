@@ -57,6 +57,9 @@ class State(str, enum.Enum):
     UNAVAILABLE = "UNAVAILABLE"
 
 
+UNLOADED = "unloaded"
+
+
 class NotServable(Exception):
     """The model's newest file is not of its current spec (or there is none): nothing serves."""
 
@@ -80,6 +83,11 @@ class Entry:
 
     def newest(self) -> str | None:
         return max(self.versions, key=int) if self.versions else None
+
+    @property
+    def held_unloaded(self) -> bool:
+        """Unloaded by a user: only a load brings it back (a removed folder comes back)."""
+        return self.deliberate and self.problem == UNLOADED
 
 
 class Registry:
@@ -179,7 +187,7 @@ class Registry:
         entry = await self._load_one(name)
         for sibling in changed:
             other = self.entries.get(sibling)
-            if sibling != name and other is not None and not other.deliberate:
+            if sibling != name and other is not None and not other.held_unloaded:
                 await self._load_one(sibling)
         return entry
 
@@ -193,7 +201,7 @@ class Registry:
         reloaded = []
         for name in sorted(names):
             entry = self.entries.get(name)
-            if entry is not None and entry.deliberate:
+            if entry is not None and entry.held_unloaded:
                 continue
             if entry is None or entry.state != State.READY or name in changed or self._stale(entry):
                 await self._load_one(name)
@@ -263,7 +271,7 @@ class Registry:
             entry = self.entries[name]
             entry.state = State.UNLOADING
             await self._close(entry)
-            self.entries[name] = Entry(name, State.UNAVAILABLE, "unloaded", deliberate=True)
+            self.entries[name] = Entry(name, State.UNAVAILABLE, UNLOADED, deliberate=True)
             log.info("%s: unloaded", name)
 
     async def removed(self, name: str) -> None:

@@ -84,7 +84,7 @@ class Watcher:
                 await self.registry.removed(name)
                 continue
             entry = self.registry.entries.get(name)
-            if entry is not None and entry.deliberate and entry.problem == "unloaded":
+            if entry is not None and entry.held_unloaded:
                 continue  # unloaded on purpose: a file change does not bring it back
             if name in self.registry.names():
                 log.info("watch: %s changed, reloading", name)
