@@ -18,6 +18,7 @@ import signal
 import socket
 import tempfile
 import threading
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 
 from server.app import Settings
@@ -32,6 +33,13 @@ def _claim_port(host: str, port: int) -> tuple[socket.socket, int]:
     holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     holder.bind((host, port))
     return holder, holder.getsockname()[1]
+
+
+def _on_parent_exit(link: Connection, stop: Callable[[], object]) -> None:
+    with contextlib.suppress(EOFError, OSError):
+        link.recv()
+    log.warning("the parent process is gone: shutting down")
+    stop()
 
 
 def _worker(settings: Settings, index: int, link: Connection, level: str, fmt: str) -> None:
@@ -59,8 +67,16 @@ async def _serve_worker(settings: Settings, index: int, link: Connection) -> Non
         "worker %d: pid %d, control port 127.0.0.1:%d", index, os.getpid(), running.control_port
     )
     stop = asyncio.Event()
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
     link.send("ready")
+    # The parent never writes again: end of file means it died (even by SIGKILL), and a
+    # worker must not outlive it holding the port.
+    threading.Thread(
+        target=_on_parent_exit,
+        args=(link, lambda: loop.call_soon_threadsafe(stop.set)),
+        daemon=True,
+    ).start()
     await stop.wait()
     log.info("worker %d: shutting down: finishing in-flight requests", index)
     await running.stop(settings.grace_seconds)

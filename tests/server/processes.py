@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import signal
 import subprocess
@@ -40,6 +42,7 @@ class ServeProcess:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
+            start_new_session=True,  # its own process group: close() reaches the workers
         )
         self.lines: list[str] = []
         self.closed = threading.Event()  # the output reader reached the end
@@ -70,10 +73,17 @@ class ServeProcess:
         return f"127.0.0.1:{self.port}"
 
     def close(self) -> None:
-        """Kill the process if it still runs and release its output pipe."""
+        """Stop the server (and any workers) if it still runs; release its output pipe."""
         if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(30)
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(30)
+        # Whatever the server started (workers) goes with it: they share its session.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
         self.closed.wait(10)
         assert self.process.stdout is not None
         self.process.stdout.close()

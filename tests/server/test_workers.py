@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import time
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -149,3 +151,37 @@ def test_sigterm_stops_every_worker_with_exit_0(workers: ServeProcess) -> None:
     log = "".join(workers.lines)
     assert "stopped 2 workers (exit codes [0, 0])" in log
     assert log.count("0 cut off") == 2
+
+
+def test_workers_exit_when_the_parent_is_killed(tmp_path: Path) -> None:
+    (tmp_path / "digits-mlp").mkdir()
+    for file in ("spec.yaml", "weights.npz"):
+        shutil.copy(MODELS / "digits-mlp" / file, tmp_path / "digits-mlp" / file)
+    server = ServeProcess(
+        tmp_path, "--workers", "2", pattern=r"serving with 2 workers on 127\.0\.0\.1:(\d+)"
+    )
+    try:
+        pids = [int(pid) for pid in re.findall(r"worker \d+: pid (\d+)", "".join(server.lines))]
+        assert len(pids) == 2
+        server.process.kill()  # SIGKILL: the parent cannot tell its workers anything
+        server.process.wait(30)
+        deadline = time.monotonic() + 60
+        while any(_running(pid) for pid in pids) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(_running(pid) for pid in pids), "a worker outlived its parent"
+        server.closed.wait(30)
+        assert "the parent process is gone: shutting down" in "".join(server.lines)
+    finally:
+        server.close()
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie has exited; only its parent's wait is missing.
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
