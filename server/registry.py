@@ -176,8 +176,7 @@ class Registry:
         ``config`` replaces ``config.pbtxt`` for this and later reloads of ``name``, until a
         load without one. Models of the same spec that serve and were rebuilt reload too.
         """
-        if name not in self.names():  # also keeps '../x' and outside symlinks out
-            raise ModelNotFound(name, available=self.names())
+        self.require(name)
         if config is None:
             self.overrides.pop(name, None)
         else:
@@ -190,6 +189,11 @@ class Registry:
             if sibling != name and other is not None and not other.held_unloaded:
                 await self._load_one(sibling)
         return entry
+
+    def require(self, name: str) -> None:
+        """NOT_FOUND unless the repository holds ``name`` (keeps '../x' and symlinks out)."""
+        if name not in self.names():
+            raise ModelNotFound(name, available=self.names())
 
     async def refresh(self, base: str) -> list[str]:
         """After ``base``'s spec changed: rebuild, then reload each of its models that serves

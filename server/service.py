@@ -362,6 +362,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[mi
     ) -> pb.RepositoryModelLoadResponse:
         # KServe's own proto puts the model name in field 1 (our repository_name).
         name = request.model_name or request.repository_name
+        self.registry.require(name)  # NOT_FOUND before anything about its parameters
         config = parse_load_parameters(name, request.parameters)
         entry = await self.registry.load(name, config)
         if self.peers is not None and not forwarded(context, self.peers.token):
