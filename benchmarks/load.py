@@ -10,7 +10,7 @@ variants) from ``--repository`` (default ``models/``) into a temporary folder, s
 SIGTERM at the end (reporting its exit code and its "stopped: ..." line). The server
 builds whatever is missing or stale there, as it does at start-up anyway.
 
-``--concurrency`` asyncio clients (``server.client.AsyncInferenceClient``, one channel
+``--concurrency`` asyncio clients (``onnxforge.client.AsyncInferenceClient``, one channel
 each) send ``--requests`` requests of ``--rows`` rows in total, closed-loop, after
 ``--warmup`` requests that are not measured. The run is bounded twice: by the request
 count and by ``--max-seconds``. Inputs are drawn from the spec's input distribution; when
@@ -45,9 +45,9 @@ from typing import Any
 import grpc
 import numpy as np
 
-import builder
-from builder.samples import sample_inputs
-from server.client import AsyncInferenceClient
+from onnxforge import builder
+from onnxforge.builder.samples import sample_inputs
+from onnxforge.client import AsyncInferenceClient
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 VARIANTS = ("fp16", "int8-dynamic", "int8-static")

@@ -38,9 +38,9 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-import builder
-from builder.quantize import QuantizeOptions, quantize
-from builder.verify import sample_inputs
+from onnxforge import builder
+from onnxforge.builder.quantize import QuantizeOptions, quantize
+from onnxforge.builder.verify import sample_inputs
 
 CALIBRATION_ROWS = 512
 CALIBRATION_SEED = 1

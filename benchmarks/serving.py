@@ -229,8 +229,8 @@ def null_server_main(responses: dict[tuple[str, int], bytes], conn: Any) -> None
     """(b): the same generated service; ModelInfer answers a precomputed response."""
     import grpc
 
-    from server.generated import inference_pb2 as pb
-    from server.generated import inference_pb2_grpc as pb_grpc
+    from onnxforge.protocol.generated import inference_pb2 as pb
+    from onnxforge.protocol.generated import inference_pb2_grpc as pb_grpc
 
     answers = {key: pb.ModelInferResponse.FromString(data) for key, data in responses.items()}
 
@@ -389,7 +389,7 @@ def memory_probe(repo: str, threads: int, conn: Any, sessions: bool = True) -> N
 
     import onnxruntime as ort
 
-    from server.registry import Registry
+    from onnxforge.server.registry import Registry
 
     def rss() -> float:
         return proc_status(os.getpid()).get("VmRSS", 0) / 1024
@@ -443,7 +443,7 @@ class Server:
             return 0, 0
         import grpc
 
-        from server.generated import inference_pb2 as pb
+        from onnxforge.protocol.generated import inference_pb2 as pb
 
         if self.channel is None:
             self.channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
@@ -747,10 +747,10 @@ def _run(
     processes: list[Any],
     servers: dict[str, Server],
 ) -> dict[str, Any]:
-    from builder.samples import sample_inputs
-    from builder.spec import load_spec
-    from server.client import infer_request
-    from server.generated import inference_pb2 as pb
+    from onnxforge.builder.samples import sample_inputs
+    from onnxforge.builder.spec import load_spec
+    from onnxforge.client import infer_request
+    from onnxforge.protocol.generated import inference_pb2 as pb
 
     def log(text: str) -> None:
         print(f"[{time.monotonic() - t0:6.1f} s] {text}", file=sys.stderr, flush=True)

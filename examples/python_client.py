@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from server.client import AsyncInferenceClient, InferenceClient
+from onnxforge.client import AsyncInferenceClient, InferenceClient
 
 HELDOUT = Path(__file__).resolve().parent.parent / "models" / "digits-mlp" / "heldout.npz"
 

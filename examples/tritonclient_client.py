@@ -9,7 +9,7 @@ unchanged; this script imports nothing from onnxforge. Install the client and ru
 
 (``tritonclient[grpc]`` pins an old protobuf; onnxforge already installs grpcio and
 protobuf, so plain ``tritonclient`` is enough. Do not import tritonclient and
-``server.client`` in one process: both register the protocol's message names.)
+``onnxforge.client`` in one process: both register the protocol's message names.)
 
 It prints the model's metadata, the predicted and true label of a few held-out rows of
 ``models/digits-mlp/heldout.npz`` and the accuracy, then repeats with the asyncio client.

@@ -1,3 +1,9 @@
-"""onnxforge: layer specs to verified ONNX files, quantized variants and a KServe v2 server."""
+"""onnxforge: layer specs to verified ONNX files, quantized variants and a KServe v2 server.
 
-__version__ = "0.1.0"
+``onnxforge.builder`` builds and verifies, ``onnxforge.server`` serves,
+``onnxforge.client`` calls a server, ``onnxforge.cli`` is the ``onnxforge`` command.
+"""
+
+from onnxforge._version import __version__
+
+__all__ = ["__version__"]

@@ -1,14 +1,14 @@
-"""Generate the Python gRPC code in ``server/generated/`` from ``protos/inference.proto``.
+"""Generate the gRPC code in ``onnxforge/protocol/generated/`` from ``protos/inference.proto``.
 
 Usage (from anywhere; paths are relative to the repository root)::
 
-    python scripts/generate_protos.py          # (re)write server/generated/inference_pb2*.py{,i}
+    python scripts/generate_protos.py          # (re)write onnxforge/protocol/generated/*.py{,i}
     python scripts/generate_protos.py --check  # exit 1 if the checked-in files drifted
 
 The generator is ``grpc_tools.protoc`` (package ``grpcio-tools``, pinned exactly in
 ``pyproject.toml`` because its version is written into the output). The generated gRPC
 module imports its message module package-relatively (``from . import inference_pb2``)
-so that ``server.generated`` works as a package without touching ``sys.path``.
+so that ``onnxforge.protocol.generated`` works as a package without touching ``sys.path``.
 
 ``--check`` regenerates into a temporary folder and compares byte for byte; the test
 suite runs it (tests/server/test_protos.py), so a change to the .proto without a
@@ -26,7 +26,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PROTO_DIR = REPO_ROOT / "protos"
 PROTO_FILE = "inference.proto"
-OUT_DIR = REPO_ROOT / "server" / "generated"
+OUT_DIR = REPO_ROOT / "onnxforge" / "protocol" / "generated"
 GENERATED = ("inference_pb2.py", "inference_pb2.pyi", "inference_pb2_grpc.py")
 
 _ABSOLUTE_IMPORT = "import inference_pb2 as inference__pb2\n"
@@ -79,24 +79,25 @@ def check() -> int:
         ]
     if drifted:
         print(
-            f"server/generated/ is out of date with protos/{PROTO_FILE} "
+            f"onnxforge/protocol/generated/ is out of date with protos/{PROTO_FILE} "
             f"(grpcio-tools {_tools_version()}): {', '.join(drifted)} differ; "
             "run: python scripts/generate_protos.py",
             file=sys.stderr,
         )
         return 1
-    print(f"server/generated/ matches protos/{PROTO_FILE}")
+    print(f"onnxforge/protocol/generated/ matches protos/{PROTO_FILE}")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        description=f"Generate server/generated/ from protos/{PROTO_FILE} with grpc_tools.protoc."
+        description=f"Generate onnxforge/protocol/generated/ from protos/{PROTO_FILE} "
+        "with grpc_tools.protoc."
     )
     parser.add_argument(
         "--check",
         action="store_true",
-        help="regenerate into a temporary folder and exit 1 if server/generated/ differs",
+        help="regenerate into a temporary folder; exit 1 if onnxforge/protocol/generated/ differs",
     )
     options = parser.parse_args(argv)
     if options.check:

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from builder.activations import ACTIVATIONS
+from onnxforge.builder.activations import ACTIVATIONS
 
 # Values where naive formulas overflow, underflow or lose precision, in float32 range.
 EXTREMES = np.array(

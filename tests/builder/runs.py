@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from builder import build, runtime
-from builder.spec import Spec
+from onnxforge.builder import build, runtime
+from onnxforge.builder.spec import Spec
 
 
 def run_onnx(spec: Spec, x: np.ndarray) -> dict[str, np.ndarray]:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from builder import reference
-from builder.runtime import MIN_OPSET, newest_opset
-from builder.schema import Document
-from builder.spec import resolve
+from onnxforge.builder import reference
+from onnxforge.builder.runtime import MIN_OPSET, newest_opset
+from onnxforge.builder.schema import Document
+from onnxforge.builder.spec import resolve
 from tests.builder.cases import activation_case, activation_variants
 from tests.builder.runs import assert_close, run_onnx
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from builder import load_spec, reference
+from onnxforge.builder import load_spec, reference
 from tests.builder.runs import run_onnx
 from tests.conftest import MODELS
 

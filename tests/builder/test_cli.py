@@ -11,7 +11,7 @@ import onnx
 import pytest
 
 import onnxforge
-from builder import load_spec
+from onnxforge.builder import load_spec
 from tests.builder.test_spec_errors import assert_nothing_written, assert_one_line_error
 from tests.conftest import CliResult
 from tests.helpers import mlp_document

@@ -19,14 +19,14 @@ import pytest
 from onnx import TensorProto, helper
 from onnxruntime.tools.reduced_build_config_parser import parse_config
 
-from builder import build, load_spec, metadata, reference, runtime
-from builder.accuracy import figures
-from builder.edge import MANIFEST, edge_name, export_edge
-from builder.errors import ArtifactError
-from builder.quantize import quantize
-from builder.samples import sample_inputs
-from builder.spec import Spec
-from onnxforge.cli_edge import export_edge as export_edge_command
+from onnxforge.builder import build, load_spec, metadata, reference, runtime
+from onnxforge.builder.accuracy import figures
+from onnxforge.builder.edge import MANIFEST, edge_name, export_edge
+from onnxforge.builder.errors import ArtifactError
+from onnxforge.builder.quantize import quantize
+from onnxforge.builder.samples import sample_inputs
+from onnxforge.builder.spec import Spec
+from onnxforge.cli.edge import export_edge as export_edge_command
 from tests.conftest import MODELS, REPO_ROOT, CliResult
 
 VARIANTS = ("fp32", "fp16", "int8-dynamic", "int8-static")
@@ -630,7 +630,7 @@ def test_fresh_process_output_is_clean(digits_repo: Path, tmp_path: Path) -> Non
     script = (
         "import sys\n"
         "from onnxforge.cli import cli, main\n"
-        "from onnxforge.cli_edge import export_edge\n"
+        "from onnxforge.cli.edge import export_edge\n"
         "if 'export-edge' not in cli.commands:\n"
         "    cli.add_command(export_edge)\n"
         "main(sys.argv[1:])\n"

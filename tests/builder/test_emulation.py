@@ -51,10 +51,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
-from builder import build, emulate, load_spec, reference, runtime
-from builder.quantize import QuantizeOptions, quantize
-from builder.samples import sample_inputs
-from builder.spec import Spec
+from onnxforge.builder import build, emulate, load_spec, reference, runtime
+from onnxforge.builder.quantize import QuantizeOptions, quantize
+from onnxforge.builder.samples import sample_inputs
+from onnxforge.builder.spec import Spec
 from tests.conftest import MODELS
 
 # A row whose integers all agree: |ORT - emulation| <= TIGHT * (|emulation| + output scale),

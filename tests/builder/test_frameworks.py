@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 import yaml
 
-from builder import build, load_spec, reference, runtime
-from builder.spec import Spec
+from onnxforge.builder import build, load_spec, reference, runtime
+from onnxforge.builder.spec import Spec
 
 FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "torch_mlp"
 

@@ -13,8 +13,8 @@ import numpy as np
 import onnx
 import pytest
 
-from builder import build, load_spec, metadata, runtime
-from onnxforge import __version__
+from onnxforge._version import __version__
+from onnxforge.builder import build, load_spec, metadata, runtime
 from tests.builder.runs import run_onnx
 from tests.helpers import mlp_document
 
@@ -135,7 +135,7 @@ def test_bytes_do_not_depend_on_the_process(
     path = write_spec(NAMED)
     here = hashlib.sha256(build(load_spec(path)).SerializeToString()).hexdigest()
     code = (
-        "import hashlib, sys; from builder import build, load_spec; "
+        "import hashlib, sys; from onnxforge.builder import build, load_spec; "
         "print(hashlib.sha256(build(load_spec(sys.argv[1])).SerializeToString()).hexdigest())"
     )
     env = {**os.environ, "PYTHONHASHSEED": hash_seed}

@@ -19,15 +19,15 @@ import pytest
 from click.testing import CliRunner, Result
 from onnx import TensorProto, helper, numpy_helper
 
-from builder import build, load_spec, metadata, reference, runtime
-from builder.accuracy import figures
-from builder.graph import layer_prefix
-from builder.quantize import quantize
-from builder.repository import model_path
-from builder.spec import Spec
-from builder.summary import summarize
 from onnxforge import cli as cli_module
-from onnxforge.cli_inspect import inspect
+from onnxforge.builder import build, load_spec, metadata, reference, runtime
+from onnxforge.builder.accuracy import figures
+from onnxforge.builder.graph import layer_prefix
+from onnxforge.builder.quantize import quantize
+from onnxforge.builder.repository import model_path
+from onnxforge.builder.spec import Spec
+from onnxforge.builder.summary import summarize
+from onnxforge.cli.inspect import inspect
 from tests.conftest import MODELS, CliResult
 
 DIGITS = MODELS / "digits-mlp" / "spec.yaml"

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from builder import SpecError, build, load_spec, reference
+from onnxforge.builder import SpecError, build, load_spec, reference
 from tests.builder.cases import Case, layer_cases
 from tests.builder.runs import assert_close, run_onnx
 

@@ -12,8 +12,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from builder import build, load_spec, reference
-from builder.spec import Spec
+from onnxforge.builder import build, load_spec, reference
+from onnxforge.builder.spec import Spec
 from tests.builder.cases import activation_variants
 from tests.builder.runs import run_onnx
 

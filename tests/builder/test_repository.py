@@ -12,7 +12,7 @@ import pytest
 import yaml
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format
 
-from builder import load_spec, metadata, reference, runtime
+from onnxforge.builder import load_spec, metadata, reference, runtime
 from tests.helpers import mlp_document
 
 F = descriptor_pb2.FieldDescriptorProto

@@ -20,9 +20,9 @@ import onnx
 import pytest
 import yaml
 
-from builder import load_spec, metadata, reference, runtime
-from builder.accuracy import Figures, figures, shortfalls
-from builder.schema import Budget
+from onnxforge.builder import load_spec, metadata, reference, runtime
+from onnxforge.builder.accuracy import Figures, figures, shortfalls
+from onnxforge.builder.schema import Budget
 from tests.helpers import mlp_document
 
 VARIANTS = ("fp16", "int8-dynamic", "int8-static")

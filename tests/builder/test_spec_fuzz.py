@@ -27,8 +27,8 @@ import yaml
 from hypothesis import HealthCheck, currently_in_test_context, event, given, settings
 from hypothesis import strategies as st
 
-from builder import SpecError, build, load_spec
-from builder.schema import LAYER_TYPES
+from onnxforge.builder import SpecError, build, load_spec
+from onnxforge.builder.schema import LAYER_TYPES
 from tests.conftest import CliResult
 from tests.helpers import mlp_document
 

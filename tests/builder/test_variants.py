@@ -12,9 +12,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from builder import load_spec, metadata, reference, runtime
-from builder.accuracy import HELD_OUT_ROWS, HELD_OUT_SEED, figures
-from builder.samples import sample_inputs
+from onnxforge.builder import load_spec, metadata, reference, runtime
+from onnxforge.builder.accuracy import HELD_OUT_ROWS, HELD_OUT_SEED, figures
+from onnxforge.builder.samples import sample_inputs
 from tests.conftest import MODELS
 from tests.helpers import mlp_document
 

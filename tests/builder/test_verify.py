@@ -11,8 +11,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from builder import load_spec, reference, runtime
-from builder.verify import sample_inputs
+from onnxforge.builder import load_spec, reference, runtime
+from onnxforge.builder.verify import sample_inputs
 from tests.helpers import mlp_document
 
 

@@ -26,8 +26,8 @@ import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from onnxforge.cli import cli
-from server.app import Settings
-from server.security import Security
+from onnxforge.server.app import Settings
+from onnxforge.server.security import Security
 from tests.conftest import REPO_ROOT
 from tests.server.certs import issue, make_ca
 from tests.server.conftest import ServerThread
@@ -288,7 +288,7 @@ def test_dockerfile_copies_everything_pip_install_reads() -> None:
     tomllib = pytest.importorskip("tomllib")  # Python 3.11+
     project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
     packages = project["tool"]["setuptools"]["packages"]
-    assert "server.generated" in packages
+    assert "onnxforge.protocol.generated" in packages
     needed = {"pyproject.toml", project["project"]["readme"]}
     needed |= {package.split(".")[0] + "/" for package in packages}
     copied = set()
@@ -407,10 +407,10 @@ def test_dockerignore_keeps_what_the_image_needs() -> None:
         for needed in (
             "pyproject.toml",
             "README.md",
-            "onnxforge/cli.py",
-            "builder/spec.py",
-            "server/app.py",
-            "server/generated/inference_pb2.py",
+            "onnxforge/cli/__init__.py",
+            "onnxforge/builder/spec.py",
+            "onnxforge/server/app.py",
+            "onnxforge/protocol/generated/inference_pb2.py",
             "models/digits-mlp/spec.yaml",
             "models/digits-mlp/weights.npz",
             "models/wide-mlp/spec.yaml",
@@ -422,7 +422,7 @@ def test_dockerignore_keeps_what_the_image_needs() -> None:
             "models/digits-mlp/1/model.onnx",
             "models/digits-mlp/config.pbtxt",
             "models/digits-mlp-int8-static/1/model.onnx",
-            "server/__pycache__/app.cpython-311.pyc",
+            "onnxforge/server/__pycache__/app.cpython-311.pyc",
             "onnxforge.egg-info/PKG-INFO",
         ):
             assert _ignored(rules, dropped), f"{file.name} keeps {dropped}"
@@ -540,8 +540,8 @@ def test_readme_tls_probe_exits_0_against_a_tls_server(tmp_path: Path) -> None:
 def test_generated_config_pbtxt_parses_as_a_triton_model_config(served: ServerThread) -> None:
     """TRITON.md: the repository is Triton's. Checked with Triton's own ModelConfig message.
 
-    tritonclient registers the same protobuf names as server.generated, so it is imported in a
-    process of its own.
+    tritonclient registers the same protobuf names as onnxforge.protocol.generated, so it
+    is imported in a process of its own.
     """
     config = served.settings.repository / "tiny" / "config.pbtxt"
     assert (served.settings.repository / "tiny" / "1" / "model.onnx").is_file()

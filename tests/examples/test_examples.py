@@ -7,7 +7,8 @@ examples assert their own agreement with scikit-learn / PyTorch and print the er
 is checked here too. ``PYTHONWARNINGS=error`` and an empty stderr keep the examples quiet.
 
 tritonclient, torch and grpcurl are optional: their tests skip when they are missing.
-tritonclient never enters this process (its protobuf names collide with server.generated).
+tritonclient never enters this process (its protobuf names collide with
+onnxforge.protocol.generated).
 The grpcurl session's calls are also replayed by a client built from reflection alone, so
 what the session relies on is checked even where grpcurl is not installed.
 """
@@ -33,8 +34,8 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
 
-from builder import load_spec, reference
-from builder.spec import Spec
+from onnxforge.builder import load_spec, reference
+from onnxforge.builder.spec import Spec
 from tests.conftest import MODELS, REPO_ROOT
 from tests.server.processes import ServeProcess
 
@@ -204,7 +205,8 @@ def test_grpcurl_session(server: ServeProcess, tmp_path: Path) -> None:
 
 def test_reflection_serves_what_the_grpcurl_session_needs(server: ServeProcess) -> None:
     """The session's calls, made the way grpcurl makes them: message types from server
-    reflection alone (no .proto, nothing of server.generated), JSON bodies parsed into them."""
+    reflection alone (no .proto, nothing of onnxforge.protocol.generated), JSON bodies parsed
+    into them."""
     with grpc.insecure_channel(server.url) as channel:
         database = ProtoReflectionDescriptorDatabase(channel)
         assert {SERVICE, "grpc.health.v1.Health"} <= set(database.get_services())  # list

@@ -11,8 +11,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from server.app import Running, Settings, create_server
-from server.generated import inference_pb2_grpc as pb_grpc
+from onnxforge.protocol.generated import inference_pb2_grpc as pb_grpc
+from onnxforge.server.app import Running, Settings, create_server
 from tests.conftest import MODELS
 
 

@@ -1,8 +1,8 @@
 """NVIDIA's ``tritonclient.grpc`` against a running onnxforge server, in a process of its own.
 
 tritonclient's generated code registers the same protobuf names (``inference.ModelInferRequest``
-...) as ``server.generated``, so the two cannot live in one process: ``test_interop.py`` runs
-the server and starts this script, which imports nothing of the project.
+...) as ``onnxforge.protocol.generated``, so the two cannot live in one process:
+``test_interop.py`` runs the server and starts this script, which imports nothing of the project.
 
     python tests/server/interop_tritonclient.py ADDRESS FOLDER {serve,control}
 

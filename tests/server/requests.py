@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from server.generated import inference_pb2 as pb
+from onnxforge.protocol.generated import inference_pb2 as pb
 
 
 def raw_request(model: str, x: np.ndarray, **fields: Any) -> pb.ModelInferRequest:

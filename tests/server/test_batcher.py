@@ -11,8 +11,8 @@ import grpc
 import numpy as np
 import pytest
 
-from server.batcher import Batcher, BatchStats
-from server.errors import QueueFull, ServingError
+from onnxforge.server.batcher import Batcher, BatchStats
+from onnxforge.server.errors import QueueFull, ServingError
 
 WEIGHT = np.random.default_rng(0).normal(size=(3, 4))
 

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from builder import load_spec, reference
+from onnxforge.builder import load_spec, reference
 from tests.conftest import MODELS
 from tests.server.processes import ServeProcess
 
@@ -88,7 +88,7 @@ def test_bench_command_reports_every_level(
 def test_sigterm_finishes_in_flight_requests_and_exits_0(serving: ServeProcess) -> None:
     import grpc
 
-    from server.client import InferenceClient
+    from onnxforge.client import InferenceClient
 
     spec = load_spec(MODELS / "wide-mlp" / "spec.yaml")
     answered: list[float] = []

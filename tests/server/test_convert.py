@@ -18,9 +18,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from server import convert
-from server.convert import DATATYPES, MAX_ELEMENTS, Datatype, InputTensor, OutputTensor
-from server.errors import (
+from onnxforge.protocol.generated import inference_pb2 as pb
+from onnxforge.server import convert
+from onnxforge.server.convert import DATATYPES, MAX_ELEMENTS, Datatype, InputTensor, OutputTensor
+from onnxforge.server.errors import (
     InvalidInput,
     InvalidOutput,
     InvalidRequest,
@@ -31,7 +32,6 @@ from server.errors import (
     Unauthenticated,
     Unavailable,
 )
-from server.generated import inference_pb2 as pb
 
 PROTOCOL_DATATYPES = [
     "BOOL",

@@ -26,9 +26,9 @@ import grpc
 import numpy as np
 import pytest
 
-from builder import load_spec, reference
-from server.generated import inference_pb2 as pb
-from server.generated import inference_pb2_grpc as pb_grpc
+from onnxforge.builder import load_spec, reference
+from onnxforge.protocol.generated import inference_pb2 as pb
+from onnxforge.protocol.generated import inference_pb2_grpc as pb_grpc
 from tests.conftest import MODELS
 from tests.server.processes import ServeProcess
 from tests.server.requests import output, raw_request

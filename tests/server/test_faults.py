@@ -34,12 +34,12 @@ import numpy as np
 import pytest
 import yaml
 
-from builder import load_spec, reference
-from server.app import Settings
-from server.client import AsyncInferenceClient, InferenceClient, infer_request
-from server.generated import inference_pb2 as pb
-from server.generated import inference_pb2_grpc as pb_grpc
-from server.registry import State
+from onnxforge.builder import load_spec, reference
+from onnxforge.client import AsyncInferenceClient, InferenceClient, infer_request
+from onnxforge.protocol.generated import inference_pb2 as pb
+from onnxforge.protocol.generated import inference_pb2_grpc as pb_grpc
+from onnxforge.server.app import Settings
+from onnxforge.server.registry import State
 from tests.conftest import MODELS, REPO_ROOT
 from tests.helpers import mlp_document
 from tests.server.conftest import ServerThread
@@ -741,8 +741,8 @@ CLIENT = textwrap.dedent(
     import sys, time
     import grpc
     import numpy as np
-    from server.client import infer_request
-    from server.generated import inference_pb2_grpc as pb_grpc
+    from onnxforge.client import infer_request
+    from onnxforge.protocol.generated import inference_pb2_grpc as pb_grpc
     channel = grpc.insecure_channel(sys.argv[1])
     stub = pb_grpc.GRPCInferenceServiceStub(channel)
     x = np.random.default_rng(0).normal(size=(64, 4)).astype(np.float32)

@@ -24,11 +24,11 @@ from google.protobuf.message import DecodeError
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from builder import load_spec, reference
-from server.app import Settings
-from server.generated import inference_pb2 as pb
-from server.generated import inference_pb2_grpc as pb_grpc
-from server.validate import UNSUPPORTED_PARAMETERS
+from onnxforge.builder import load_spec, reference
+from onnxforge.protocol.generated import inference_pb2 as pb
+from onnxforge.protocol.generated import inference_pb2_grpc as pb_grpc
+from onnxforge.server.app import Settings
+from onnxforge.server.validate import UNSUPPORTED_PARAMETERS
 from tests.conftest import MODELS
 from tests.server.conftest import ServerThread, make_repository
 from tests.server.requests import output, raw_request

@@ -1,7 +1,7 @@
 """Clients that never saw our code: tritonclient, reflection, gRPC health, Prometheus.
 
 tritonclient's generated protobuf code registers the same names (``inference.ModelInferRequest``
-...) as ``server.generated``, so it cannot be imported here: it runs in a subprocess
+...) as ``onnxforge.protocol.generated``, so it cannot be imported here: it runs in a subprocess
 (``interop_tritonclient.py``) that prints JSON and saves the arrays it received, and every
 check happens in this process against ``builder.reference``.
 """
@@ -27,10 +27,10 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 
-from builder import load_spec, reference
-from server.app import Settings
-from server.generated import inference_pb2 as pb
-from server.generated import inference_pb2_grpc as pb_grpc
+from onnxforge.builder import load_spec, reference
+from onnxforge.protocol.generated import inference_pb2 as pb
+from onnxforge.protocol.generated import inference_pb2_grpc as pb_grpc
+from onnxforge.server.app import Settings
 from tests.conftest import MODELS, REPO_ROOT
 from tests.server.conftest import ServerThread, make_repository
 from tests.server.requests import raw_request
@@ -44,7 +44,8 @@ WAIT = 60.0  # bound on a hung call; no test depends on timing
 needs_tritonclient = pytest.mark.skipif(
     importlib.util.find_spec("tritonclient") is None,
     reason="tritonclient is not installed (pip install 'tritonclient>=2.73,<3'); it runs in a "
-    "subprocess because its protos collide with server.generated, so importorskip cannot work",
+    "subprocess because its protos collide with onnxforge.protocol.generated, so importorskip "
+    "cannot work",
 )
 
 
@@ -305,7 +306,7 @@ def test_reflection_describes_the_services_without_the_proto(served: ServerThrea
         database = ProtoReflectionDescriptorDatabase(channel)
         services = set(database.get_services())
         assert {SERVICE, "grpc.health.v1.Health"} <= services
-        # A pool of its own: what reflection serves, nothing from server.generated.
+        # A pool of its own: what reflection serves, nothing from onnxforge.protocol.generated.
         pool = descriptor_pool.DescriptorPool(database)
         service = pool.FindServiceByName(SERVICE)
         assert {

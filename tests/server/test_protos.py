@@ -15,7 +15,7 @@ import pytest
 from google.protobuf import descriptor_pb2
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
-from server.generated import inference_pb2, inference_pb2_grpc
+from onnxforge.protocol.generated import inference_pb2, inference_pb2_grpc
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 POOL = inference_pb2.DESCRIPTOR.pool
@@ -244,7 +244,7 @@ def test_generated_code_matches_the_proto_file() -> None:
 
 
 def test_generated_modules_import_without_warnings() -> None:
-    code = "import server.generated.inference_pb2_grpc"
+    code = "import onnxforge.protocol.generated.inference_pb2_grpc"
     result = subprocess.run(
         [sys.executable, "-W", "error", "-c", code],
         capture_output=True,

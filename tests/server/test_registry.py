@@ -15,11 +15,11 @@ import onnx
 import pytest
 import yaml
 
-from builder import load_spec, metadata, reference
-from server.app import Settings
-from server.client import InferenceClient
-from server.generated import inference_pb2 as pb
-from server.generated import inference_pb2_grpc as pb_grpc
+from onnxforge.builder import load_spec, metadata, reference
+from onnxforge.client import InferenceClient
+from onnxforge.protocol.generated import inference_pb2 as pb
+from onnxforge.protocol.generated import inference_pb2_grpc as pb_grpc
+from onnxforge.server.app import Settings
 from tests.helpers import mlp_document
 from tests.server.conftest import ServerThread
 

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from server.app import Settings
-from server.client import InferenceClient
-from server.security import Security
+from onnxforge.client import InferenceClient
+from onnxforge.server.app import Settings
+from onnxforge.server.security import Security
 from tests.conftest import MODELS
 from tests.server.certs import issue, make_ca
 from tests.server.conftest import ServerThread
@@ -129,8 +129,8 @@ def test_tokens_guard_every_rpc_but_health_and_live(guarded: ServerThread) -> No
 
 
 def test_model_control_needs_the_admin_token(guarded: ServerThread) -> None:
-    from server.generated import inference_pb2 as pb
-    from server.generated import inference_pb2_grpc as pb_grpc
+    from onnxforge.protocol.generated import inference_pb2 as pb
+    from onnxforge.protocol.generated import inference_pb2_grpc as pb_grpc
 
     with grpc.insecure_channel(guarded.address) as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
@@ -143,8 +143,8 @@ def test_model_control_needs_the_admin_token(guarded: ServerThread) -> None:
 
 
 def test_model_control_can_be_switched_off(repository: Path) -> None:
-    from server.generated import inference_pb2 as pb
-    from server.generated import inference_pb2_grpc as pb_grpc
+    from onnxforge.protocol.generated import inference_pb2 as pb
+    from onnxforge.protocol.generated import inference_pb2_grpc as pb_grpc
 
     server = _serve(repository, Security(model_control=False))
     try:
@@ -175,7 +175,7 @@ def test_tokens_never_reach_the_logs(repository: Path, caplog: pytest.LogCapture
 
 
 def test_token_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from server.security import TOKENS_ENV, SecurityError, read_tokens
+    from onnxforge.server.security import TOKENS_ENV, SecurityError, read_tokens
 
     file = tmp_path / "tokens"
     file.write_text("# team tokens\nalpha\n\n  beta  \n")
@@ -204,6 +204,6 @@ def test_token_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 )
 def test_which_binds_count_as_local(host: str, loopback: bool) -> None:
     # Binding anything that is not loopback without TLS logs a warning (server.app).
-    from server.app import _loopback
+    from onnxforge.server.app import _loopback
 
     assert _loopback(host) is loopback

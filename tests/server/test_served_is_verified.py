@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 import yaml
 
-from builder import load_spec, reference
-from server.client import AsyncInferenceClient, InferenceClient
-from server.generated import inference_pb2 as pb
-from server.generated import inference_pb2_grpc as pb_grpc
+from onnxforge.builder import load_spec, reference
+from onnxforge.client import AsyncInferenceClient, InferenceClient
+from onnxforge.protocol.generated import inference_pb2 as pb
+from onnxforge.protocol.generated import inference_pb2_grpc as pb_grpc
 from tests.helpers import mlp_document
 from tests.server.processes import ServeProcess
 

@@ -10,8 +10,8 @@ import grpc
 import numpy as np
 import pytest
 
-from builder import load_spec, reference
-from server.generated import inference_pb2 as pb
+from onnxforge.builder import load_spec, reference
+from onnxforge.protocol.generated import inference_pb2 as pb
 from tests.conftest import MODELS
 from tests.server.conftest import ServerThread
 from tests.server.requests import output, raw_request
@@ -131,7 +131,7 @@ def test_bad_requests_get_the_right_status_and_a_clear_message(stub: Any) -> Non
 def test_many_concurrent_clients_each_get_their_own_answer(served: ServerThread) -> None:
     def client(seed: int) -> None:
         with grpc.insecure_channel(served.address) as channel:
-            from server.generated import inference_pb2_grpc as pb_grpc
+            from onnxforge.protocol.generated import inference_pb2_grpc as pb_grpc
 
             own = pb_grpc.GRPCInferenceServiceStub(channel)
             for round_ in range(5):

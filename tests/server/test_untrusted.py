@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import yaml
 
-from server.app import Settings
-from server.client import InferenceClient
-from server.generated import inference_pb2 as pb
-from server.generated import inference_pb2_grpc as pb_grpc
+from onnxforge.client import InferenceClient
+from onnxforge.protocol.generated import inference_pb2 as pb
+from onnxforge.protocol.generated import inference_pb2_grpc as pb_grpc
+from onnxforge.server.app import Settings
 from tests.helpers import mlp_document
 from tests.server.conftest import ServerThread
 

@@ -26,12 +26,12 @@ import onnx
 import pytest
 import yaml
 
-from builder import accuracy, load_spec, reference
-from builder.repository import artifacts
-from builder.samples import sample_inputs
-from builder.spec import Spec
-from onnxforge.cli_verify_url import with_port
-from server.client import AsyncInferenceClient, InferenceClient
+from onnxforge.builder import accuracy, load_spec, reference
+from onnxforge.builder.repository import artifacts
+from onnxforge.builder.samples import sample_inputs
+from onnxforge.builder.spec import Spec
+from onnxforge.cli.verify_url import with_port
+from onnxforge.client import AsyncInferenceClient, InferenceClient
 from tests.conftest import MODELS, REPO_ROOT
 from tests.server.processes import ServeProcess
 

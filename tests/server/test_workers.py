@@ -14,12 +14,12 @@ import grpc
 import numpy as np
 import pytest
 
-from builder import load_spec, reference
-from server.client import InferenceClient
-from server.generated import inference_pb2 as pb
-from server.generated import inference_pb2_grpc as pb_grpc
-from server.peers import PEER_HEADER
-from server.security import INTERNAL_TOKEN_ENV
+from onnxforge.builder import load_spec, reference
+from onnxforge.client import InferenceClient
+from onnxforge.protocol.generated import inference_pb2 as pb
+from onnxforge.protocol.generated import inference_pb2_grpc as pb_grpc
+from onnxforge.server.peers import PEER_HEADER
+from onnxforge.server.security import INTERNAL_TOKEN_ENV
 from tests.conftest import MODELS
 from tests.server.processes import ServeProcess
 

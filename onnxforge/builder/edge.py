@@ -1,0 +1,507 @@
+"""Edge export: ONNX Runtime's ``.ort`` format, the operators of a reduced build, a manifest.
+
+``export_edge(model.onnx, out_dir)`` writes into ``out_dir``:
+
+* ``<name>.ort`` -- the model in ONNX Runtime's ORT format (flatbuffers), which the mobile
+  and minimal builds of ONNX Runtime load. ``<name>`` is the model's name: ``<name>`` for
+  ``<repo>/<name>/1/model.onnx`` (so ``digits-mlp-int8-dynamic.ort``), else the file's stem.
+  With the Runtime optimization style it is ``<name>.with_runtime_opt.ort`` (ORT's own name).
+* ``required_operators.config`` -- the operator list to build a reduced ONNX Runtime with
+  (``build.sh --minimal_build --include_ops_by_config required_operators.config``).
+* ``manifest.json`` -- what a device needs to know without reading the model: inputs and
+  outputs, variant, opset, the sha256 and size of every file, the accuracy the file records.
+
+Both model files are made by ONNX Runtime's own converter
+(``onnxruntime.tools.convert_onnx_models_to_ort``), the operator list is read back with its
+own parser (``onnxruntime.tools.reduced_build_config_parser``). Two deliberate edits: the
+converter's comment lines name the absolute paths of the files it read, which here are in a
+temporary folder; they are rewritten to the file names. Nothing else in the file changes.
+
+Choices:
+
+* Optimization style **Fixed** by default: every graph optimization (fusions such as
+  ``FusedGemm``, ``DynamicQuantizeMatMul``, ``QGemm``) is applied once, at export, for the
+  CPU execution provider, so the device loads an already optimized graph, the operator list
+  names exactly the kernels that run, and nothing has to be replayed at load time. ORT's
+  guidance is Fixed unless a compiling execution provider (NNAPI, CoreML) takes part of the
+  graph; then **Runtime** style (``optimization_style="runtime"``) saves the optimizations to
+  replay on whatever the provider leaves to the CPU, and the device must set the session
+  option ``session.enable_saved_runtime_optimizations=1`` (for trusted models only).
+* Target platform **arm** by default (``amd64`` selectable). For the converter it means:
+  ``arm`` turns on ``session.qdqisint8allowed`` (QDQ groups with *int8* activations are
+  fused into integer kernels, which is what ONNX Runtime does at run time on ARM) and keeps
+  the x86-only NCHWc layout out; ``amd64`` leaves int8-activation QDQ groups unfused (x86
+  kernels prefer uint8 activations) and allows NCHWc (Conv only), which ORT warns makes the
+  file specific to the converting CPU. onnxforge's own int8 files use uint8 activations and
+  have no Conv, so both targets give the same operators and outputs for them.
+* Shapes in the manifest use ``-1`` for a dynamic dimension (as KServe's model metadata and
+  ``config.pbtxt`` do); ``dims`` keeps each dimension's symbolic name (``"batch"``) or size.
+
+One folder, one model. ``manifest.json`` and ``required_operators.config`` describe the
+folder: the manifest names its one model and every file of it, and a reduced build made
+with the folder's operator list runs every ``.ort`` file in the folder. A second model in
+the same folder would break one or the other (the operator list would drop the first
+model's kernels, or the manifest would stop describing the folder), so an export into a
+folder that holds another model's export is refused with one line, and so is an export
+that would overwrite a file no export of this model wrote (a ``manifest.json`` that is not
+an export's included). Nothing is deleted but the files this model's earlier export listed
+in its manifest: exporting the same model again replaces its own files (and removes those
+of the other optimization style). Several models go in a folder each (``edge/<name>/``);
+for one reduced build that runs them all, concatenate their operator lists (ONNX Runtime's
+parser merges the lines of a domain and opset):
+``cat edge/*/required_operators.config > required_operators.config``.
+
+Everything is written in a temporary folder beside ``out_dir`` and moved into place
+afterwards (one rename when ``out_dir`` does not exist yet; file by file, ``manifest.json``
+last, into an existing folder). A failure leaves no file behind and creates no folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import logging
+import os
+import re
+import secrets
+import shutil
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import onnx
+from onnx import TensorProto
+from onnx.external_data_helper import uses_external_data
+
+from onnxforge.builder import metadata
+from onnxforge.builder.errors import ArtifactError
+
+MANIFEST = "manifest.json"
+MANIFEST_FORMAT = 1
+TARGET_PLATFORMS = ("arm", "amd64")
+DEFAULT_TARGET_PLATFORM = "arm"
+OPTIMIZATION_STYLES = ("fixed", "runtime")
+DEFAULT_OPTIMIZATION_STYLE = "fixed"
+# The converter's own switch (an environment variable); its default is "all".
+_LEVEL_VARIABLE = "ORT_CONVERT_ONNX_MODELS_TO_ORT_OPTIMIZATION_LEVEL"
+_ORT_DEFAULT_LOG_SEVERITY = 2  # WARNING: ONNX Runtime's default, restored after converting
+_TOOL_LOGGER = "ort_format_model.utils"
+
+# ONNX element type -> (NumPy dtype name, KServe v2 / Open Inference Protocol datatype).
+_DTYPES: dict[int, tuple[str, str]] = {
+    TensorProto.BOOL: ("bool", "BOOL"),
+    TensorProto.UINT8: ("uint8", "UINT8"),
+    TensorProto.UINT16: ("uint16", "UINT16"),
+    TensorProto.UINT32: ("uint32", "UINT32"),
+    TensorProto.UINT64: ("uint64", "UINT64"),
+    TensorProto.INT8: ("int8", "INT8"),
+    TensorProto.INT16: ("int16", "INT16"),
+    TensorProto.INT32: ("int32", "INT32"),
+    TensorProto.INT64: ("int64", "INT64"),
+    TensorProto.FLOAT16: ("float16", "FP16"),
+    TensorProto.FLOAT: ("float32", "FP32"),
+    TensorProto.DOUBLE: ("float64", "FP64"),
+    TensorProto.BFLOAT16: ("bfloat16", "BF16"),
+    TensorProto.STRING: ("object", "BYTES"),
+}
+
+
+def edge_name(model_path: Path) -> str:
+    """``<name>`` for ``<repo>/<name>/<version>/model.onnx``, else the file's stem."""
+    parent = model_path.parent
+    if model_path.name == "model.onnx" and parent.name.isdigit() and parent.parent.name:
+        return parent.parent.name
+    return model_path.stem
+
+
+def export_edge(
+    model_path: Path,
+    out_dir: Path,
+    target_platform: str = DEFAULT_TARGET_PLATFORM,
+    optimization_style: str = DEFAULT_OPTIMIZATION_STYLE,
+) -> dict[str, Any]:
+    """Write ``<name>.ort``, ``required_operators.config`` and ``manifest.json`` into ``out_dir``.
+
+    Returns the manifest. Raises ``ArtifactError`` (one line, naming the file) when the model
+    is missing, is not an ONNX model, or ONNX Runtime cannot convert it.
+    """
+    if target_platform not in TARGET_PLATFORMS:
+        raise ValueError(f"target_platform must be one of {TARGET_PLATFORMS}")
+    if optimization_style not in OPTIMIZATION_STYLES:
+        raise ValueError(f"optimization_style must be one of {OPTIMIZATION_STYLES}")
+    model_path = Path(model_path)
+    out_dir = Path(os.path.abspath(out_dir))
+    source, model = _read_source(model_path)
+    name = edge_name(model_path)
+    props = metadata.props(model)
+    accuracy = _json_prop(model_path, props, metadata.ACCURACY)
+    quantization = _json_prop(model_path, props, metadata.QUANTIZATION)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ArtifactError(f"{out_dir}: exists and is not a folder")
+    if out_dir.is_dir():  # refuse now rather than after converting (checked again to publish)
+        _claim(out_dir, name, _file_names(name, optimization_style))
+
+    created = _make_parents(out_dir.parent)
+    stage = out_dir.parent / f".{out_dir.name}.{secrets.token_hex(4)}.partial"
+    try:
+        try:
+            os.mkdir(stage)  # not mkdtemp: the folder becomes out_dir, so it keeps the umask's mode
+            inputs = stage / "onnx"
+            staged = stage / "edge"
+            inputs.mkdir()
+            (inputs / f"{name}.onnx").write_bytes(source)
+            level = _convert(
+                model_path, inputs / f"{name}.onnx", staged, target_platform, optimization_style
+            )
+            ort_file = _only(model_path, staged, "*.ort")
+            config_file = _only(model_path, staged, "*.config")
+            _tidy_config(config_file)
+            _check_loads(model_path, ort_file, model)
+            manifest: dict[str, Any] = {
+                "format": MANIFEST_FORMAT,
+                "model": name,
+                "variant": props.get(metadata.VARIANT, "unknown"),
+                "source": _file_entry(model_path.name, source),
+                "files": {
+                    "ort": _file_entry(ort_file.name, ort_file.read_bytes()),
+                    "required_operators": _file_entry(config_file.name, config_file.read_bytes()),
+                },
+                "inputs": _tensors(_graph_inputs(model)),
+                "outputs": _tensors(list(model.graph.output)),
+                "opset": _opsets(model).get("ai.onnx"),
+                "opset_imports": _opsets(model),
+                "ir_version": model.ir_version,
+                "metadata": {
+                    key: value
+                    for key, value in props.items()
+                    if key.startswith("onnxforge.")
+                    and key not in (metadata.ACCURACY, metadata.QUANTIZATION)
+                },
+                "accuracy": accuracy,
+                "quantization": quantization,
+                "operators": _operators(config_file),
+                "onnxruntime": {
+                    "version": _ort_version(),
+                    "optimization_style": optimization_style,
+                    "optimization_level": level,
+                    "target_platform": target_platform,
+                },
+            }
+            text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
+            (staged / MANIFEST).write_text(text, encoding="utf-8")
+            _publish(staged, out_dir, name, [ort_file.name, config_file.name, MANIFEST])
+        except OSError as error:  # the folder cannot be written: say so on one line
+            reason = error.strerror or str(error)
+            raise ArtifactError(f"{out_dir}: cannot write the export: {reason}") from None
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        for folder in reversed(created):
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return manifest
+
+
+# ------------------------------------------------------------------ reading the source
+
+
+def _read_source(path: Path) -> tuple[bytes, onnx.ModelProto]:
+    if not path.is_file():
+        raise ArtifactError(f"{path}: no such model file")
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise ArtifactError(f"{path}: cannot be read: {error.strerror}") from None
+    model = onnx.ModelProto()
+    try:
+        model.ParseFromString(data)
+    except Exception:
+        raise ArtifactError(f"{path}: not an ONNX model (the bytes do not parse)") from None
+    if model.ir_version <= 0 or not model.HasField("graph") or not model.opset_import:
+        raise ArtifactError(f"{path}: not an ONNX model (no IR version, graph or opset)")
+    if any(uses_external_data(tensor) for tensor in model.graph.initializer):
+        # The converter reads one file: bring the weights in beside the graph.
+        try:
+            model = onnx.load(str(path))
+        except Exception as error:
+            raise ArtifactError(f"{path}: its external data cannot be read: {error}") from None
+        data = model.SerializeToString()
+    return data, model
+
+
+def _json_prop(path: Path, props: dict[str, str], key: str) -> dict[str, Any] | None:
+    if key not in props:
+        return None
+    try:
+        value = json.loads(props[key])
+    except ValueError:
+        value = None
+    if not isinstance(value, dict):
+        raise ArtifactError(f"{path}: metadata {key} is not a JSON object")
+    return value
+
+
+def _graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    initializers = {tensor.name for tensor in model.graph.initializer}
+    return [value for value in model.graph.input if value.name not in initializers]
+
+
+def _tensors(values: list[onnx.ValueInfoProto]) -> list[dict[str, Any]]:
+    described = []
+    for value in values:
+        entry: dict[str, Any] = {"name": value.name}
+        if value.type.HasField("tensor_type"):
+            tensor = value.type.tensor_type
+            dtype, datatype = _DTYPES.get(
+                tensor.elem_type, (TensorProto.DataType.Name(tensor.elem_type).lower(), None)
+            )
+            dims: list[int | str] | None = None
+            if tensor.HasField("shape"):
+                dims = [
+                    dim.dim_value
+                    if dim.HasField("dim_value")
+                    else (dim.dim_param if dim.HasField("dim_param") else -1)
+                    for dim in tensor.shape.dim
+                ]
+            entry.update(
+                dtype=dtype,
+                datatype=datatype,
+                dims=dims,
+                shape=None if dims is None else [d if isinstance(d, int) else -1 for d in dims],
+            )
+        else:  # sequences, maps, optionals: not tensors, no dtype or shape to state
+            entry.update(dtype=None, datatype=None, dims=None, shape=None)
+        described.append(entry)
+    return described
+
+
+def _opsets(model: onnx.ModelProto) -> dict[str, int]:
+    return {(entry.domain or "ai.onnx"): entry.version for entry in model.opset_import}
+
+
+def _file_entry(name: str, data: bytes) -> dict[str, Any]:
+    return {"file": name, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+# ------------------------------------------------------------------ ONNX Runtime's tools
+
+
+def _ort_version() -> str:
+    import onnxruntime
+
+    return str(onnxruntime.__version__)
+
+
+def _convert(path: Path, staged_model: Path, staged: Path, target_platform: str, style: str) -> str:
+    """Run ORT's converter on the folder holding ``staged_model`` (a copy of ``path``) into
+    ``staged``; return the optimization level used."""
+    with _quiet_ort_tools():
+        from onnxruntime.tools.convert_onnx_models_to_ort import (
+            OptimizationStyle,
+            convert_onnx_models_to_ort,
+        )
+
+        try:
+            convert_onnx_models_to_ort(
+                staged_model.parent,
+                output_dir=staged,
+                optimization_styles=[OptimizationStyle[style.capitalize()]],
+                target_platform=target_platform,
+            )
+        except Exception as error:
+            # Name the user's file, not the temporary copy the converter read.
+            reason = _one_line(error).replace(str(staged_model), str(path))
+            raise ArtifactError(
+                f"{path}: ONNX Runtime cannot convert it to the .ort format: {reason}"
+            ) from None
+    return os.getenv(_LEVEL_VARIABLE, "all")
+
+
+@contextlib.contextmanager
+def _quiet_ort_tools() -> Iterator[None]:
+    """Keep onnxforge's output clean while ORT's converter runs.
+
+    The converter prints progress to stdout; its C++ sessions log warnings to stderr through
+    ONNX Runtime's default logger; ``onnxruntime.tools.logger`` calls
+    ``logging.basicConfig`` when imported (installing a handler on the root logger) and logs
+    at INFO level through it; and its model reader leaks a file handle.
+    """
+    import onnxruntime
+
+    root = logging.getLogger()
+    handlers = list(root.handlers)
+    tool_log = logging.getLogger(_TOOL_LOGGER)
+    tool_level = tool_log.level
+    onnxruntime.set_default_logger_severity(3)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            # OrtFormatModelProcessor reads the .ort file with open(...).read() and never
+            # closes it: a ResourceWarning (an error where warnings are errors, as in tests).
+            warnings.simplefilter("ignore", ResourceWarning)
+            # Import (if not yet imported) under the same guard, then take back its handler.
+            import onnxruntime.tools.ort_format_model
+
+            for handler in root.handlers:
+                if handler not in handlers:
+                    root.removeHandler(handler)
+            tool_log.setLevel(logging.WARNING)
+            yield
+    finally:
+        tool_log.setLevel(tool_level)
+        onnxruntime.set_default_logger_severity(_ORT_DEFAULT_LOG_SEVERITY)
+
+
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split()) or type(error).__name__
+    # "[ONNXRuntimeError] : 1 : FAIL : reason" -> "reason"
+    return re.sub(r"^\[ONNXRuntimeError\]\s*:\s*\d+\s*:\s*\w+\s*:\s*", "", text)
+
+
+def _only(path: Path, folder: Path, pattern: str) -> Path:
+    found = sorted(folder.glob(pattern))
+    if len(found) != 1:
+        names = ", ".join(file.name for file in found) or "none"
+        raise ArtifactError(
+            f"{path}: ONNX Runtime's converter wrote an unexpected set of {pattern} files: {names}"
+        )
+    return found[0]
+
+
+def _tidy_config(config: Path) -> None:
+    """Replace the temporary absolute paths in the converter's comment lines by file names."""
+    lines = []
+    for line in config.read_text(encoding="utf-8").splitlines():
+        if line.startswith("# - "):
+            source = Path(line[4:])
+            line = f"# - {source.name}"
+            if source.parent != config.parent:  # Runtime style's second, temporary conversion
+                line += " (converted without runtime optimizations; not kept)"
+        lines.append(line)
+    config.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def _operators(config: Path) -> list[dict[str, Any]]:
+    from onnxruntime.tools.reduced_build_config_parser import parse_config
+
+    required, _ = parse_config(str(config))
+    opsets: dict[tuple[str, str], set[int]] = {}
+    for domain, by_opset in (required or {}).items():
+        for opset, ops in by_opset.items():
+            for op in ops:
+                opsets.setdefault((domain, op), set()).add(int(opset))
+    return [
+        {"domain": domain, "op_type": op, "opsets": sorted(versions)}
+        for (domain, op), versions in sorted(opsets.items())
+    ]
+
+
+def _check_loads(path: Path, ort_file: Path, model: onnx.ModelProto) -> None:
+    """The .ort file loads in ONNX Runtime and has the source's inputs and outputs."""
+    from onnxforge.builder.runtime import session
+
+    try:
+        loaded = session(str(ort_file), threads=1)
+    except Exception as error:
+        raise ArtifactError(
+            f"{path}: the converted .ort file does not load: {_one_line(error)}"
+        ) from None
+    expected = ([v.name for v in _graph_inputs(model)], [v.name for v in model.graph.output])
+    found = ([v.name for v in loaded.get_inputs()], [v.name for v in loaded.get_outputs()])
+    if found != expected:
+        raise ArtifactError(
+            f"{path}: the .ort file's inputs/outputs {found} differ from the model's {expected}"
+        )
+
+
+# ------------------------------------------------------------------ moving into place
+
+
+def _make_parents(folder: Path) -> list[Path]:
+    """Create ``folder`` and its missing parents; return those created, outermost first."""
+    missing = []
+    while not folder.exists():
+        missing.append(folder)
+        folder = folder.parent
+    created = []
+    try:
+        for path in reversed(missing):
+            path.mkdir()
+            created.append(path)
+    except OSError as error:
+        for path in reversed(created):
+            with contextlib.suppress(OSError):
+                path.rmdir()
+        raise ArtifactError(f"{path}: cannot create the folder: {error.strerror}") from None
+    return created
+
+
+def _file_names(name: str, style: str) -> list[str]:
+    """The files the converter writes for ``name`` in ``style`` (as ONNX Runtime names them)."""
+    if style == "runtime":
+        return [f"{name}.with_runtime_opt.ort", "required_operators.with_runtime_opt.config"]
+    return [f"{name}.ort", "required_operators.config"]
+
+
+def _publish(staged: Path, out_dir: Path, model: str, names: list[str]) -> None:
+    """Move the staged files into ``out_dir``; ``names`` are moved in order, manifest last."""
+    for name in names:
+        with open(staged / name, "rb") as file:
+            os.fsync(file.fileno())
+    if not out_dir.exists():
+        with contextlib.suppress(OSError):  # lost a race: fall back to file by file
+            os.rename(staged, out_dir)
+            return
+    previous = _claim(out_dir, model, names)
+    for name in names:
+        os.replace(staged / name, out_dir / name)
+    for name in previous - set(names):  # left by this model's earlier export (other style)
+        with contextlib.suppress(OSError):
+            (out_dir / name).unlink()
+
+
+def _claim(out_dir: Path, model: str, names: list[str]) -> set[str]:
+    """The files an earlier export of ``model`` listed in ``out_dir``: ours to replace.
+
+    Refuses (one line) a folder holding another model's export or a ``manifest.json`` that
+    is not an export's, and a file among ``names`` that no export of ``model`` wrote.
+    """
+    manifest = out_dir / MANIFEST
+    previous: set[str] = set()
+    if os.path.lexists(manifest):
+        owner, previous = _previous_export(manifest)
+        if owner is None:
+            raise ArtifactError(
+                f"{manifest}: not a manifest that export-edge wrote; "
+                "remove it or export into another folder"
+            )
+        if owner != model:
+            raise ArtifactError(
+                f"{out_dir}: holds the edge export of '{owner}' (one model per folder); "
+                f"export '{model}' into another folder, e.g. {out_dir / model}"
+            )
+    for name in names:
+        if name != MANIFEST and name not in previous and os.path.lexists(out_dir / name):
+            raise ArtifactError(
+                f"{out_dir / name}: exists, and no edge export of '{model}' wrote it; "
+                "remove it or export into another folder"
+            )
+    return previous
+
+
+def _previous_export(manifest: Path) -> tuple[str | None, set[str]]:
+    """The model an earlier export's ``manifest`` names and the files it lists (plain names
+    only); ``(None, set())`` when it is not such a manifest."""
+    try:
+        data = json.loads(manifest.read_text(encoding="utf-8"))
+        model = data["model"]
+        names = {entry["file"] for entry in data["files"].values()}
+    except (OSError, ValueError, AttributeError, KeyError, TypeError):
+        return None, set()
+    if not isinstance(model, str):
+        return None, set()
+    return model, {name for name in names if isinstance(name, str) and name == Path(name).name}

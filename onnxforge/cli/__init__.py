@@ -1,0 +1,61 @@
+"""The ``onnxforge`` command line.
+
+Every failure a user can cause (a bad spec, file or flag) ends with one line on stderr and
+exit code 2; a check that finds a model over tolerance or over budget exits 1.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Sequence
+
+import click
+
+from onnxforge._version import __version__
+from onnxforge.builder.errors import OnnxforgeError
+from onnxforge.cli.build import build, verify
+from onnxforge.cli.common import EXIT_USAGE, OUTPUT
+from onnxforge.cli.edge import export_edge
+from onnxforge.cli.inspect import inspect
+from onnxforge.cli.quantize import quantize
+from onnxforge.cli.serve import bench, infer, serve
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="onnxforge")
+@click.option("-q", "--quiet", is_flag=True, help="Print only errors (and --json output).")
+@click.option("-v", "--verbose", is_flag=True, help="Also log what is being done.")
+def cli(quiet: bool, verbose: bool) -> None:
+    """Build, verify, quantize and serve feed-forward networks as ONNX models.
+
+    Shell completion: eval "$(_ONNXFORGE_COMPLETE=bash_source onnxforge)" (or zsh_source,
+    fish_source).
+    """
+    OUTPUT.update(quiet=quiet, verbose=verbose)
+    if verbose:
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+
+for command in (build, verify, quantize, export_edge, inspect, serve, infer, bench):
+    cli.add_command(command)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point: one line on stderr and exit 2 for anything the user got wrong."""
+    try:
+        code = cli.main(args=argv, prog_name="onnxforge", standalone_mode=False)
+    except click.exceptions.Exit as done:
+        code = done.exit_code
+    except click.ClickException as error:
+        _fail(error.format_message())
+    except click.exceptions.Abort:
+        _fail("interrupted")
+    except OnnxforgeError as error:
+        _fail(str(error))
+    sys.exit(code or 0)
+
+
+def _fail(message: str) -> None:
+    print(f"onnxforge: error: {' '.join(message.split())}", file=sys.stderr)
+    sys.exit(EXIT_USAGE)

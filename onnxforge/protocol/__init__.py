@@ -1,0 +1,1 @@
+"""The Open Inference Protocol in Python: generated messages and stubs (server and client)."""

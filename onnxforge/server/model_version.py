@@ -1,0 +1,157 @@
+"""One loaded version of a model: its ONNX Runtime session, its threads and its batcher.
+
+Everything a request needs to know about the model (tensor names, datatypes, shapes) is
+worked out here, once, when the version is opened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from onnxforge.builder import metadata
+from onnxforge.server import convert
+from onnxforge.server.batcher import Batcher, BatchStats
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """A model input or output as the protocol describes it."""
+
+    name: str
+    datatype: str  # protocol datatype, "FP32"
+    dtype: np.dtype[Any]
+    shape: tuple[int, ...]  # -1 for a dimension of any size
+
+
+@dataclass(frozen=True)
+class Serving:
+    max_batch_size: int = 0
+    max_queue_delay_us: int = 0
+    instances: int = 1
+    max_queue: int = 1024
+
+
+@dataclass
+class Version:
+    """One loaded version: its session and what requests are checked against."""
+
+    model: str
+    version: str
+    path: Path
+    session: ort.InferenceSession
+    inputs: dict[str, Tensor]
+    outputs: dict[str, Tensor]
+    props: dict[str, str]
+    serving: Serving
+    batcher: Batcher | None = None
+    report: Callable[[BatchStats], None] | None = None  # told about every session run
+    # Threads of this model alone: a slow model's backlog never holds up another model.
+    executor: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="onnxforge-model")
+    )
+
+    @property
+    def variant(self) -> str:
+        return self.props.get(metadata.VARIANT, "unknown")
+
+    @property
+    def allow_non_finite(self) -> bool:
+        return self.props.get(metadata.ALLOW_NON_FINITE) == "true"
+
+    @functools.cached_property
+    def accuracy(self) -> dict[str, Any] | None:
+        """The figures recorded at build time (parsed once, on first use)."""
+        recorded = self.props.get(metadata.ACCURACY)
+        return json.loads(recorded) if recorded else None
+
+    def run(
+        self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str]
+    ) -> dict[str, np.ndarray]:
+        """One ``session.run`` (called from the batcher's worker thread)."""
+        results = self.session.run(list(outputs), dict(inputs))
+        return dict(zip(outputs, results, strict=True))
+
+    async def infer(
+        self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str], deadline: float | None
+    ) -> dict[str, np.ndarray]:
+        if self.batcher is not None:
+            return await self.batcher.submit(inputs, outputs, deadline)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, self._run_and_report, inputs, outputs)
+
+    def _run_and_report(
+        self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str]
+    ) -> dict[str, np.ndarray]:
+        # Reported from the worker thread: a run whose caller left still counts.
+        started = time.monotonic_ns()
+        results = self.run(inputs, outputs)
+        if self.report is not None:
+            rows = len(next(iter(inputs.values()))) if inputs else 0
+            self.report(BatchStats(1, rows, [0], time.monotonic_ns() - started))
+        return results
+
+    async def close(self) -> None:
+        """Finish what is queued and running, then release the threads."""
+        if self.batcher is not None:
+            await self.batcher.close()
+        await asyncio.to_thread(self.executor.shutdown, wait=True)
+
+
+def tensor_of(node: ort.NodeArg) -> Tensor:
+    row = convert.from_ort(node.type)
+    if row is None:
+        raise ValueError(f"tensor '{node.name}' has type {node.type}, which the protocol lacks")
+    shape = tuple(dim if isinstance(dim, int) and dim >= 0 else -1 for dim in node.shape)
+    return Tensor(node.name, row.name, row.dtype, shape)
+
+
+def open_version(name: str, version: str, path: Path, serving: Serving, threads: int) -> Version:
+    """An ONNX Runtime session for ``path`` and the facts requests are checked against."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    # The session has already read the file: take the metadata from it, not a second parse.
+    props = dict(session.get_modelmeta().custom_metadata_map)
+    inputs = {node.name: tensor_of(node) for node in session.get_inputs()}
+    outputs = {node.name: tensor_of(node) for node in session.get_outputs()}
+    if serving.max_batch_size > 0 and not batchable(inputs, outputs):
+        serving = Serving(0, 0, serving.instances, serving.max_queue)
+    executor = ThreadPoolExecutor(max(1, serving.instances), thread_name_prefix=f"model-{name}")
+    return Version(name, version, path, session, inputs, outputs, props, serving, executor=executor)
+
+
+def batchable(inputs: Mapping[str, Tensor], outputs: Mapping[str, Tensor]) -> bool:
+    """Whether every tensor's first dimension is a batch of any size."""
+    return all(t.shape and t.shape[0] == -1 for t in [*inputs.values(), *outputs.values()])
+
+
+def attach_batcher(
+    version: Version, batching: bool, on_batch: Callable[[str, str, BatchStats], None] | None
+) -> None:
+    """Report every run to ``on_batch``; give the version a batcher when it batches."""
+    if on_batch is not None:
+        version.report = lambda stats: on_batch(version.model, version.version, stats)
+    if version.serving.max_batch_size <= 0 or not batching:
+        return  # every request runs on its own, straight from the event loop's threads
+    version.batcher = Batcher(
+        version.model,
+        version.run,
+        max_batch_size=version.serving.max_batch_size,
+        max_queue_delay_us=version.serving.max_queue_delay_us,
+        max_queue=version.serving.max_queue,
+        instances=version.serving.instances,
+        executor=version.executor,
+        on_batch=version.report,
+    )

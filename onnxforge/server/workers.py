@@ -1,0 +1,162 @@
+"""``--workers N``: N server processes on one port, each with its own sessions.
+
+The parent builds what is missing once, picks the port, starts the workers and tells each
+where the others listen (see ``server.peers``), serves the metrics of all of them added
+up (prometheus_client's multiprocess mode), and passes SIGTERM/SIGINT on: every worker
+finishes its in-flight requests and the parent exits 0 when they all did.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import tempfile
+import threading
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+
+from onnxforge.server.app import Settings
+
+log = logging.getLogger("onnxforge.server")
+START_SECONDS = 600.0
+
+
+def _claim_port(host: str, port: int) -> tuple[socket.socket, int]:
+    """Hold the public port (SO_REUSEPORT, not listening) so that every worker gets the same."""
+    holder = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    holder.bind((host, port))
+    return holder, holder.getsockname()[1]
+
+
+def _on_parent_exit(link: Connection, stop: Callable[[], object]) -> None:
+    with contextlib.suppress(EOFError, OSError):
+        link.recv()
+    log.warning("the parent process is gone: shutting down")
+    stop()
+
+
+def _worker(settings: Settings, index: int, link: Connection, level: str, fmt: str) -> None:
+    from onnxforge.server import logs
+
+    logs.configure(level, fmt)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; it sends SIGTERM
+    asyncio.run(_serve_worker(settings, index, link))
+
+
+async def _serve_worker(settings: Settings, index: int, link: Connection) -> None:
+    from onnxforge.server.app import create_server
+    from onnxforge.server.peers import Peers
+
+    running = await create_server(settings)
+    assert running.control_port is not None
+    link.send(running.control_port)
+    peers = [
+        address
+        for address in await asyncio.to_thread(link.recv)
+        if address != f"127.0.0.1:{running.control_port}"
+    ]
+    running.service.peers = Peers(peers, settings.security.internal_token)
+    log.info(
+        "worker %d: pid %d, control port 127.0.0.1:%d", index, os.getpid(), running.control_port
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    link.send("ready")
+    # The parent never writes again: end of file means it died (even by SIGKILL), and a
+    # worker must not outlive it holding the port.
+    threading.Thread(
+        target=_on_parent_exit,
+        args=(link, lambda: loop.call_soon_threadsafe(stop.set)),
+        daemon=True,
+    ).start()
+    await stop.wait()
+    log.info("worker %d: shutting down: finishing in-flight requests", index)
+    await running.stop(settings.grace_seconds)
+    await running.service.peers.close()
+
+
+def run_workers(settings: Settings, workers: int, level: str = "info", fmt: str = "text") -> int:
+    """Serve with ``workers`` processes until SIGTERM/SIGINT; returns the exit code."""
+    from prometheus_client import CollectorRegistry, multiprocess, start_http_server
+
+    from onnxforge.server.builds import SpecBuilds
+
+    if settings.build_missing:  # once here, so that the workers find everything built
+        builds = SpecBuilds(settings.repository)
+        for base in builds.bases():
+            builds.build(base)
+    holder, port = _claim_port(settings.host, settings.port)
+    metrics_dir = tempfile.TemporaryDirectory(prefix="onnxforge-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir.name  # inherited by the workers
+    worker_settings = dataclasses.replace(
+        settings,
+        port=port,
+        reuse_port=True,
+        control_port=True,
+        metrics_port=None,
+    )
+    context = multiprocessing.get_context("spawn")
+    links, processes = [], []
+    for index in range(workers):
+        parent_end, child_end = context.Pipe()
+        # Every worker may build (on a load, or a spec changed under --watch): writes are
+        # atomic and builds deterministic, so two workers building at once write the same.
+        process = context.Process(
+            target=_worker,
+            args=(worker_settings, index, child_end, level, fmt),
+            name=f"onnxforge-worker-{index}",
+        )
+        process.start()
+        links.append(parent_end)
+        processes.append(process)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        ports = [link.recv() if link.poll(START_SECONDS) else None for link in links]
+        if None in ports or not all(process.is_alive() for process in processes):
+            raise RuntimeError("a worker failed to start (see its log above)")
+        addresses = [f"127.0.0.1:{control}" for control in ports]
+        for link in links:
+            link.send(addresses)
+        for link in links:
+            link.recv()  # "ready": peers known
+        metrics_port = None
+        if settings.metrics_port is not None:
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+            http, _ = start_http_server(
+                settings.metrics_port, addr=settings.host, registry=registry
+            )
+            metrics_port = http.server_port
+        log.info(
+            "serving with %d workers on %s:%d (metrics: %s)",
+            workers,
+            settings.host,
+            port,
+            metrics_port or "off",
+        )
+        while not stop.wait(0.2):
+            if not all(process.is_alive() for process in processes):
+                log.error("a worker exited; stopping the others")
+                break
+    finally:
+        for process in processes:
+            if process.is_alive() and process.pid is not None:
+                os.kill(process.pid, signal.SIGTERM)
+        for process in processes:
+            process.join(settings.grace_seconds + 30)
+        holder.close()
+        with contextlib.suppress(OSError):
+            metrics_dir.cleanup()
+    codes = [process.exitcode for process in processes]
+    log.info("stopped %d workers (exit codes %s)", workers, codes)
+    return 0 if all(code == 0 for code in codes) else 1
