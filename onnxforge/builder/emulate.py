@@ -1,12 +1,12 @@
 """NumPy emulation of what a quantized variant computes, with numbers read from its file.
 
 The fp32 reference (``builder.reference``) says what the spec means; this module says what a
-*quantized file* computes, so that tests can hold ONNX Runtime to it tightly instead of only
-loosely to fp32. It walks the spec's layers like the reference and reuses the reference's
-function for every layer and activation; only each dense layer's matrix product is computed
-the way the variant's operators define it, with the scales, zero points and quantized
-weights read from the file's initializers (found by following the graph from the layer's
-``<prefix>/MatMul`` or ``<prefix>/MatMul_quant`` node):
+*quantized file* computes (``forward(spec, x, variant, quantized)``), so that tests can hold
+ONNX Runtime to it tightly instead of only loosely to fp32. It walks the spec's layers like
+the reference and reuses the reference's function for every layer and activation; only each
+dense layer's matrix product is computed the way the variant's operators define it, with the
+scales, zero points and quantized weights read from the file's initializers (found by
+following the graph from the layer's ``<prefix>/MatMul`` or ``<prefix>/MatMul_quant`` node):
 
 * ``int8-dynamic`` (``DynamicQuantizeLinear`` + ``MatMulInteger``): the input is quantized to
   uint8 with a scale and zero point computed from the *whole batch*
@@ -47,17 +47,16 @@ from onnx import numpy_helper
 
 from onnxforge.builder import reference
 from onnxforge.builder.graph import layer_prefix
+from onnxforge.builder.layout import QUANTIZED_VARIANTS, VARIANTS
 from onnxforge.builder.spec import Layer, Spec
 
 __all__ = [
-    "VARIANTS",
     "dynamic_quantization",
+    "forward",
     "forward_quantized",
     "quantize_linear",
     "quantized_activations",
 ]
-
-VARIANTS = ("fp16", "int8-dynamic", "int8-static")
 
 
 def quantize_linear(x: np.ndarray, scale: np.ndarray, zero_point: np.ndarray) -> np.ndarray:
@@ -263,7 +262,8 @@ def _walk(
     dequantized value, as the file's graph outputs do.
     """
     if variant not in _DENSE:
-        raise ValueError(f"unknown quantized variant {variant!r} (known: {', '.join(VARIANTS)})")
+        known = ", ".join(QUANTIZED_VARIANTS)
+        raise ValueError(f"unknown quantized variant {variant!r} (known: {known})")
     x = np.asarray(x)
     if x.ndim != len(spec.input_shape) + 1 or tuple(x.shape[1:]) != spec.input_shape:
         expected = ", ".join(map(str, spec.input_shape))
@@ -305,6 +305,26 @@ def _passes_through(layer: Layer) -> bool:
         return True
     activation = layer.activation if layer.type == "activation" else None
     return activation is not None and activation.name == "identity"
+
+
+def forward(
+    spec: Spec, x: np.ndarray, variant: str, quantized: onnx.ModelProto | None = None
+) -> np.ndarray:
+    """The model output of ``variant``'s file for a batch ``x``, as float32.
+
+    ``quantized`` is that file: its scales, zero points and weights are what is emulated. For
+    ``fp32`` it is not needed: the answer is ``reference.forward(spec, x)``.
+    """
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r} (known: {', '.join(VARIANTS)})")
+    if variant == "fp32":
+        return reference.forward(spec, x)
+    if quantized is None:
+        raise ValueError(
+            f"variant {variant!r} needs its model: pass quantized=<the {variant} "
+            "onnx.ModelProto>, whose scales, zero points and weights are emulated"
+        )
+    return forward_quantized(spec, x, variant, quantized)[spec.output_name]
 
 
 def forward_quantized(

@@ -20,6 +20,7 @@ CONFIG_FILE = "config.pbtxt"
 SPEC_FILES = ("spec.yaml", "spec.yml", "spec.json")
 PLATFORM = "onnxruntime_onnx"
 VARIANTS = ("fp32", "fp16", "int8-dynamic", "int8-static")
+QUANTIZED_VARIANTS = VARIANTS[1:]  # made from the fp32 model; each is a model of its own
 # What a server accepts as a model folder's name (Triton's rule, looser than a spec's name).
 MODEL_FOLDER_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 

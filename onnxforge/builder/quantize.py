@@ -36,7 +36,8 @@ from onnxruntime.quantization import (
     quantize_static,
 )
 
-VARIANTS = ("fp16", "int8-dynamic", "int8-static")
+from onnxforge.builder.layout import QUANTIZED_VARIANTS
+
 CALIBRATION_METHODS = {
     "minmax": CalibrationMethod.MinMax,
     "entropy": CalibrationMethod.Entropy,
@@ -120,7 +121,8 @@ def quantize(
                     **common,
                 )
         else:
-            raise ValueError(f"unknown variant {variant!r} (known: {', '.join(VARIANTS)})")
+            known = ", ".join(QUANTIZED_VARIANTS)
+            raise ValueError(f"unknown variant {variant!r} (known: {known})")
         quantized = onnx.load(str(out))
     # ORT adds a note of its own; keep only what says where the file came from.
     kept = [prop for prop in quantized.metadata_props if prop.key != "onnx.infer"]

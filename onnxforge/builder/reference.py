@@ -10,15 +10,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from onnxforge.builder.schema import Activation
 from onnxforge.builder.spec import Layer, Spec
-
-if TYPE_CHECKING:
-    import onnx
 
 _erf = np.vectorize(math.erf, otypes=[np.float64])
 
@@ -145,26 +141,11 @@ def run(spec: Spec, x: np.ndarray) -> dict[str, np.ndarray]:
         }
 
 
-def forward(
-    spec: Spec, x: np.ndarray, variant: str = "fp32", quantized: onnx.ModelProto | None = None
-) -> np.ndarray:
+def forward(spec: Spec, x: np.ndarray) -> np.ndarray:
     """The model's output for a batch ``x`` of shape (batch, *input shape), as float32.
 
-    For another ``variant`` (``fp16``, ``int8-dynamic``, ``int8-static``), what that
-    variant's file ``quantized`` computes: ``builder.emulate`` emulates its arithmetic with
-    the scales, zero points and weights read from the file (the fp32 pass reads no file).
+    What a quantized variant's file computes is ``builder.emulate.forward``'s to say: it
+    reads that file's scales, zero points and weights; this pass reads no file.
     """
-    if variant != "fp32":
-        from onnxforge.builder import emulate
-
-        if variant not in emulate.VARIANTS:
-            known = ", ".join(("fp32", *emulate.VARIANTS))
-            raise ValueError(f"unknown variant {variant!r} (known: {known})")
-        if quantized is None:
-            raise ValueError(
-                f"variant {variant!r} needs its model: pass quantized=<the {variant} "
-                "onnx.ModelProto>, whose scales, zero points and weights are emulated"
-            )
-        return emulate.forward_quantized(spec, x, variant, quantized)[spec.output_name]
     with np.errstate(over="ignore"):
         return layer_outputs(spec, x)[-1].astype(np.float32)

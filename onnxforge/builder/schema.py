@@ -21,8 +21,8 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from onnxforge.builder.activations import ACTIVATIONS, GELU_APPROXIMATIONS
+from onnxforge.builder.layout import VARIANTS as VARIANTS  # the one list, re-exported
 
-VARIANTS = ("fp32", "fp16", "int8-dynamic", "int8-static")
 INIT_SCHEMES = (
     "glorot_uniform",
     "glorot_normal",

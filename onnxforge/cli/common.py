@@ -12,12 +12,14 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from onnxforge.builder.layout import SPEC_FILES, VARIANTS
+
 if TYPE_CHECKING:
     from onnxforge.builder.spec import Spec
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1
-SPEC_PATTERNS = ("*/spec.yaml", "*/spec.yml", "*/spec.json")
+SPEC_PATTERNS = tuple(f"*/{name}" for name in SPEC_FILES)
 
 
 # Set by the top-level --quiet / --verbose flags.
@@ -91,8 +93,6 @@ def load_all(paths: Sequence[Path]) -> list[Spec]:
 def parse_variants(text: str | None) -> list[str] | None:
     if text is None:
         return None
-    from onnxforge.builder.schema import VARIANTS
-
     variants = [part.strip() for part in text.split(",") if part.strip()]
     unknown = [variant for variant in variants if variant not in VARIANTS]
     if unknown or not variants:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from onnxforge.builder.layout import QUANTIZED_VARIANTS
 from onnxforge.cli.common import EXIT_FAILED, OUTPUT, json_option, quantization_options
 
 BUDGET_KEYS = ("max_abs", "mean_abs", "cosine", "argmax_agreement")
@@ -36,9 +37,7 @@ def _budget(pairs: tuple[str, ...], variant: str) -> object:
 
 @click.command()
 @click.argument("model", type=click.Path(path_type=Path, dir_okay=False))
-@click.option(
-    "--variant", required=True, type=click.Choice(["fp16", "int8-dynamic", "int8-static"])
-)
+@click.option("--variant", required=True, type=click.Choice(QUANTIZED_VARIANTS))
 @click.option(
     "-o",
     "--output",

@@ -35,8 +35,11 @@ may differ from exact arithmetic. Those cases run only on CPUs with VNNI (or not
 
 from __future__ import annotations
 
+import ast
 import functools
 import platform
+import subprocess
+import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -437,7 +440,7 @@ def test_hand_computed_static_case_saturates(write_spec: Callable[..., Path]) ->
     )
     accumulated = np.array([[24133, 3969], [254, -194], [504, -68]])
     want = (accumulated / 8192 + [0.25, -0.5]).astype(np.float32)
-    np.testing.assert_array_equal(reference.forward(spec, x, "int8-static", quantized), want)
+    np.testing.assert_array_equal(emulate.forward(spec, x, "int8-static", quantized), want)
     np.testing.assert_array_equal(_ort(quantized, x), want)
     # fp32 sees the full 4.0 and -1.0: the saturation is worth several units.
     assert np.abs(reference.forward(spec, x)[0] - want[0]).max() > 3
@@ -467,8 +470,8 @@ def test_dynamic_results_depend_on_the_batch() -> None:
     quantized = quantize(model, "int8-dynamic")
     x = sample_inputs(spec, 64, 5)
     wider = np.concatenate([x[:1], x[1:] * 3]).astype(np.float32)
-    alone = reference.forward(spec, x[:1], "int8-dynamic", quantized)
-    in_batch = reference.forward(spec, wider, "int8-dynamic", quantized)[:1]
+    alone = emulate.forward(spec, x[:1], "int8-dynamic", quantized)
+    in_batch = emulate.forward(spec, wider, "int8-dynamic", quantized)[:1]
     assert np.abs(alone - in_batch).max() > 1e-4  # far more than ORT and emulation differ
     np.testing.assert_allclose(_ort(quantized, x[:1], "probabilities"), alone, atol=1e-6)
     np.testing.assert_allclose(_ort(quantized, wider, "probabilities")[:1], in_batch, atol=1e-6)
@@ -509,10 +512,10 @@ def test_forward_dispatches_on_the_variant(write_spec: Callable[..., Path]) -> N
     spec, model = _bundled("digits-mlp")
     x = sample_inputs(spec, 16, 4)
     fp32 = reference.forward(spec, x)
-    np.testing.assert_array_equal(reference.forward(spec, x, "fp32"), fp32)
+    np.testing.assert_array_equal(emulate.forward(spec, x, "fp32"), fp32)
     assert fp32.tobytes() == reference.layer_outputs(spec, x)[-1].astype(np.float32).tobytes()
     quantized = quantize(model, "int8-dynamic")
-    got = reference.forward(spec, x, variant="int8-dynamic", quantized=quantized)
+    got = emulate.forward(spec, x, variant="int8-dynamic", quantized=quantized)
     want = emulate.forward_quantized(spec, x, "int8-dynamic", quantized)["probabilities"]
     np.testing.assert_array_equal(got, want)
     assert got.dtype == np.float32 and got.shape == fp32.shape
@@ -522,9 +525,30 @@ def test_forward_needs_the_quantized_file() -> None:
     spec, _ = _bundled("digits-mlp")
     x = sample_inputs(spec, 2, 4)
     with pytest.raises(ValueError, match="'int8-static' needs its model: pass quantized="):
-        reference.forward(spec, x, "int8-static")
+        emulate.forward(spec, x, "int8-static")
     with pytest.raises(ValueError, match=r"unknown variant 'int4' \(known: fp32, fp16, int8"):
-        reference.forward(spec, x, "int4")
+        emulate.forward(spec, x, "int4")
+
+
+def test_the_reference_imports_nothing_that_reads_onnx() -> None:
+    """The oracle stays independent of what it checks: ``builder.reference`` imports only
+    NumPy, the standard library and the spec, and importing it loads no emulation."""
+    tree = ast.parse(Path(reference.__file__).read_text(encoding="utf-8"))
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    imported |= {
+        alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import)
+        for alias in node.names
+    }
+    allowed = {"__future__", "math", "collections.abc", "numpy"}
+    assert imported <= allowed | {"onnxforge.builder.schema", "onnxforge.builder.spec"}
+    code = "import sys, onnxforge.builder.reference; print('\\n'.join(sys.modules))"
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], check=True, capture_output=True, text=True
+    ).stdout.split()
+    assert "onnxforge.builder.reference" in loaded
+    assert "onnxforge.builder.emulate" not in loaded
 
 
 def test_a_file_of_another_variant_is_refused() -> None:
