@@ -402,7 +402,7 @@ def bench(
     """Load a running server: throughput and p50/p90/p99 latency per concurrency."""
     import grpc
 
-    from onnxforge.server.bench import plot, run_level
+    from onnxforge.bench import levels_table, plot_levels, run_level
 
     reach = connection(url, tls_ca, tls_cert, tls_key, token_file)
     levels = []
@@ -415,30 +415,9 @@ def bench(
             except grpc.aio.AioRpcError as error:
                 raise click.ClickException(f"{error.code().name}: {error.details()}") from None
     if plot_file is not None:
-        plot(levels, model, str(plot_file))
+        plot_levels(levels, model, str(plot_file))
     if as_json:
         click.echo(json.dumps([level.as_dict() for level in levels], indent=2))
         return
-    table = Table(
-        "clients",
-        "requests",
-        "errors",
-        "req/s",
-        "rows/s",
-        "p50 ms",
-        "p90 ms",
-        "p99 ms",
-        title=f"onnxforge bench {model} @ {url} ({duration:g} s per level)",
-    )
-    for level in levels:
-        table.add_row(
-            str(level.concurrency),
-            str(level.requests),
-            str(level.errors),
-            f"{level.throughput_rps:,.0f}",
-            f"{level.rows_per_second:,.0f}",
-            f"{level.p50_ms:.2f}",
-            f"{level.p90_ms:.2f}",
-            f"{level.p99_ms:.2f}",
-        )
-    console().print(table)
+    title = f"onnxforge bench {model} @ {url} ({duration:g} s per level)"
+    console().print(levels_table(levels, title))

@@ -1,20 +1,24 @@
-"""Closed-loop load against a running server: throughput and latency per concurrency."""
+"""What ``onnxforge bench`` measures: one closed-loop run per concurrency level.
+
+Inputs are random rows shaped from the model's metadata; all clients share one connection
+(``onnxforge.client.AsyncInferenceClient``), like the threads of one application would.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import time
 from dataclasses import asdict, dataclass
 
-import grpc
 import numpy as np
+from rich.table import Table
 
+from onnxforge.bench.load import Load, Outcome, drive
+from onnxforge.bench.report import table
 from onnxforge.client import AsyncInferenceClient, Connection
 
 
 @dataclass(frozen=True)
 class Level:
-    """What one concurrency level measured."""
+    """What one concurrency level measured (the fields of ``onnxforge bench --json``)."""
 
     concurrency: int
     requests: int
@@ -27,16 +31,34 @@ class Level:
     p90_ms: float
     p99_ms: float
 
+    @classmethod
+    def of(cls, concurrency: int, outcome: Outcome) -> Level:
+        p50, p90, p99 = outcome.percentiles_ms((50, 90, 99))
+        return cls(
+            concurrency,
+            outcome.answered,
+            outcome.errors,
+            outcome.seconds,
+            outcome.rows_per_request,
+            outcome.requests_per_second,
+            outcome.rows_per_second,
+            p50,
+            p90,
+            p99,
+        )
+
     def as_dict(self) -> dict[str, float | int]:
         return asdict(self)
 
 
-async def _inputs(client: AsyncInferenceClient, model: str, rows: int) -> dict[str, np.ndarray]:
+async def model_inputs(
+    client: AsyncInferenceClient, model: str, rows: int, seed: int = 0
+) -> dict[str, np.ndarray]:
     """Random inputs shaped from the model's metadata (the batch dimension set to ``rows``)."""
     from onnxforge.server import convert
 
     meta = await client.metadata(model)
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     inputs = {}
     for tensor in meta.inputs:
         row = convert.datatype(tensor.datatype)
@@ -56,40 +78,18 @@ async def _inputs(client: AsyncInferenceClient, model: str, rows: int) -> dict[s
 async def run_level(
     connection: Connection, model: str, concurrency: int, duration: float, rows: int
 ) -> Level:
+    """``concurrency`` clients sending ``rows``-row requests to ``model`` for ``duration`` s."""
     async with AsyncInferenceClient(**vars(connection)) as client:
-        inputs = await _inputs(client, model, rows)
-        latencies: list[float] = []
-        errors = 0
-        stop_at = time.perf_counter() + duration
+        inputs = await model_inputs(client, model, rows)
 
-        async def worker() -> None:
-            nonlocal errors
-            while time.perf_counter() < stop_at:
-                started = time.perf_counter()
-                try:
-                    await client.infer(model, inputs)
-                except grpc.aio.AioRpcError:
-                    errors += 1
-                    continue
-                latencies.append(time.perf_counter() - started)
+        async def send(worker: int, index: int) -> object:
+            return await client.infer(model, inputs)
 
-        began = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        seconds = time.perf_counter() - began
-    ms = np.asarray(latencies) * 1e3 if latencies else np.asarray([np.nan])
-    return Level(
-        concurrency,
-        len(latencies),
-        errors,
-        seconds,
-        rows,
-        len(latencies) / seconds,
-        len(latencies) * rows / seconds,
-        *(float(np.percentile(ms, q)) for q in (50, 90, 99)),
-    )
+        outcome = await drive(send, Load(concurrency, duration=duration), rows)
+    return Level.of(concurrency, outcome)
 
 
-def plot(levels: list[Level], model: str, path: str) -> None:
+def plot_levels(levels: list[Level], model: str, path: str) -> None:
     """Throughput and latency percentiles against concurrency, as a PNG."""
     try:
         import matplotlib
@@ -109,3 +109,23 @@ def plot(levels: list[Level], model: str, path: str) -> None:
     figure.suptitle(f"onnxforge bench {model} ({levels[0].rows_per_request} row(s) per request)")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def levels_table(levels: list[Level], title: str) -> Table:
+    """The table ``onnxforge bench`` prints: one row per concurrency level."""
+    columns = ("clients", "requests", "errors", "req/s", "rows/s", "p50 ms", "p90 ms", "p99 ms")
+    rows = [
+        (
+            str(level.concurrency),
+            str(level.requests),
+            str(level.errors),
+            f"{level.throughput_rps:,.0f}",
+            f"{level.rows_per_second:,.0f}",
+            f"{level.p50_ms:.2f}",
+            f"{level.p90_ms:.2f}",
+            f"{level.p99_ms:.2f}",
+        )
+        for level in levels
+    ]
+    return table(columns, rows, title=title)
