@@ -7,7 +7,9 @@
 Without ``--url`` the script copies the model's folders (the spec's own folder and its
 variants) from ``--repository`` (default ``models/``) into a temporary folder, starts
 ``python -m onnxforge serve`` on it on 127.0.0.1 with a free port, and stops it with
-SIGTERM at the end (reporting its exit code and its "stopped: ..." line). The server
+SIGTERM at the end (reporting its exit code and its "stopped: ..." line). The server, the
+load driver, the memory readings and the machine's description come from the benchmark
+harness (``onnxforge.bench``). The server
 builds whatever is missing or stale there, as it does at start-up anyway.
 
 ``--concurrency`` asyncio clients (``onnxforge.client.AsyncInferenceClient``, one channel
@@ -27,32 +29,35 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import os
-import platform
+import contextlib
 import re
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
-import threading
-import time
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-import grpc
 import numpy as np
 
 from onnxforge import builder
+from onnxforge.bench import (
+    Load,
+    Outcome,
+    ServerError,
+    ServerProcess,
+    drive,
+    machine_info,
+    process_status,
+    software_versions,
+)
+from onnxforge.bench.report import dumps
 from onnxforge.builder.samples import sample_inputs
 from onnxforge.client import AsyncInferenceClient
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 VARIANTS = ("fp16", "int8-dynamic", "int8-static")
-SERVING = re.compile(r"serving \d+ model\(s\) from .* on 127\.0\.0\.1:(\d+)")
-STOPPED = re.compile(r"stopped: \d+ request\(s\) were in flight, \d+ cut off")
+STOPPED = re.compile(r"stopped: [^\n]*\d+ cut off")
 POOL = 16  # distinct inputs, reused round-robin
 
 
@@ -113,69 +118,27 @@ def copy_model(repository: Path, model: str, target: Path) -> Path:
     return target
 
 
-class Server:
-    """``python -m onnxforge serve`` in a process of its own, its output collected."""
-
-    def __init__(self, repository: Path, threads: int, start_seconds: float = 600.0) -> None:
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "onnxforge",
-                "serve",
-                str(repository),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                "0",
-                "--no-metrics",
-                "--threads",
-                str(threads),
-            ],
+def start_server(repository: Path, threads: int) -> ServerProcess:
+    """``python -m onnxforge serve`` on a free port of 127.0.0.1 (the harness's process)."""
+    try:
+        return ServerProcess(
+            repository,
+            "--host",
+            "127.0.0.1",
+            threads=threads,
+            metrics=False,
             cwd=REPO_ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
+            start_seconds=600.0,
         )
-        self.lines: list[str] = []
-        self.port = self._wait_for_port(start_seconds)
-        self.reader = threading.Thread(target=self._drain, daemon=True)
-        self.reader.start()
+    except ServerError as error:
+        raise SystemExit(f"error: {error}") from None
 
-    def _wait_for_port(self, seconds: float) -> int:
-        assert self.process.stdout is not None
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            line = self.process.stdout.readline()
-            if not line:
-                break
-            self.lines.append(line)
-            found = SERVING.search(line)
-            if found:
-                return int(found.group(1))
-        self.process.kill()
-        self.process.wait(30)
-        raise SystemExit("error: the server did not start:\n" + "".join(self.lines[-20:]))
 
-    def _drain(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self.lines.append(line)
-
-    def stop(self) -> dict[str, Any]:
-        """SIGTERM, then wait (60 s at most, then kill); exit code and the stop line."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            code = self.process.wait(60)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            code = self.process.wait(30)
-        self.reader.join(10)
-        assert self.process.stdout is not None
-        self.process.stdout.close()
-        stopped = STOPPED.search("".join(self.lines))
-        return {"exit_code": code, "stopped": stopped.group(0) if stopped else None}
+def stop_server(server: ServerProcess) -> dict[str, Any]:
+    """SIGTERM, then wait (60 s at most, then kill); exit code and the stop line."""
+    code = server.close(60.0)
+    stopped = STOPPED.search(server.output)
+    return {"exit_code": code, "stopped": stopped.group(0) if stopped else None}
 
 
 def memory_kib(pid: int | None) -> dict[str, int] | None:
@@ -186,12 +149,9 @@ def memory_kib(pid: int | None) -> dict[str, int] | None:
     """
     if pid is None:
         return None
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return None
-    values = dict(re.findall(r"^(VmRSS|VmHWM|RssAnon|RssFile):\s+(\d+) kB", status, re.M))
-    return {key: int(value) for key, value in values.items()}
+    status = process_status(pid)
+    found = {key: status[key] for key in ("VmRSS", "VmHWM", "RssAnon", "RssFile") if key in status}
+    return found or None
 
 
 # ---------------------------------------------------------------------------- the load
@@ -222,7 +182,7 @@ def right(got: dict[str, np.ndarray], want: dict[str, np.ndarray] | None, rows: 
     )
 
 
-async def drive(
+async def measure(
     url: str,
     model: str,
     pool: list[dict[str, np.ndarray]],
@@ -230,52 +190,64 @@ async def drive(
     args: argparse.Namespace,
     count: int,
 ) -> dict[str, Any]:
-    """``count`` requests from ``args.concurrency`` clients; latencies, errors, wrong answers."""
-    issued = 0
-    latencies: list[float] = []
-    errors: dict[str, int] = {}
+    """``count`` requests from ``args.concurrency`` clients (a channel each); the figures."""
     wrong = 0
-    stop_at = time.perf_counter() + args.max_seconds
+    async with contextlib.AsyncExitStack() as stack:
+        clients = [
+            await stack.enter_async_context(AsyncInferenceClient(url))
+            for _ in range(args.concurrency)
+        ]
 
-    async def client() -> None:
-        nonlocal issued, wrong
-        async with AsyncInferenceClient(url) as inference:
-            while issued < count and time.perf_counter() < stop_at:
-                index = issued % len(pool)
-                issued += 1
-                started = time.perf_counter()
-                try:
-                    got = await inference.infer(model, pool[index], timeout=args.timeout)
-                except grpc.aio.AioRpcError as error:
-                    errors[error.code().name] = errors.get(error.code().name, 0) + 1
-                    continue
-                latencies.append(time.perf_counter() - started)
-                if not right(got, None if wanted is None else wanted[index], args.rows):
-                    wrong += 1
+        async def send(worker: int, index: int) -> None:
+            nonlocal wrong
+            which = index % len(pool)
+            got = await clients[worker].infer(model, pool[which], timeout=args.timeout)
+            if not right(got, None if wanted is None else wanted[which], args.rows):
+                wrong += 1
 
-    began = time.perf_counter()
-    await asyncio.gather(*(client() for _ in range(args.concurrency)))
-    seconds = time.perf_counter() - began
-    ms = np.asarray(latencies) * 1e3
+        load = Load(args.concurrency, requests=count, max_seconds=args.max_seconds)
+        outcome = await drive(send, load, args.rows)
+    return figures(outcome, wrong)
+
+
+def figures(outcome: Outcome, wrong: int) -> dict[str, Any]:
+    """The report's fields for one measured run."""
     latency = None
-    if latencies:
+    if outcome.answered:
+        ms = outcome.latencies * 1e3
+        p50, p90, p99 = outcome.percentiles_ms((50, 90, 99))
         latency = {
-            "p50": round(float(np.percentile(ms, 50)), 3),
-            "p90": round(float(np.percentile(ms, 90)), 3),
-            "p99": round(float(np.percentile(ms, 99)), 3),
+            "p50": round(p50, 3),
+            "p90": round(p90, 3),
+            "p99": round(p99, 3),
             "max": round(float(ms.max()), 3),
             "mean": round(float(ms.mean()), 3),
         }
     return {
-        "sent": issued,
-        "answered": len(latencies),
-        "errors": errors,
+        "sent": outcome.sent,
+        "answered": outcome.answered,
+        "errors": {code: n for code, n in sorted(outcome.statuses.items()) if code != "OK"},
         "wrong_answers": wrong,
-        "seconds": round(seconds, 3),
-        "throughput_rps": round(len(latencies) / seconds, 1),
-        "rows_per_second": round(len(latencies) * args.rows / seconds, 1),
+        "seconds": round(outcome.seconds, 3),
+        "throughput_rps": round(outcome.requests_per_second, 1),
+        "rows_per_second": round(outcome.rows_per_second, 1),
         "latency_ms": latency,
-        "stopped_by_time_limit": issued < count,
+        "stopped_by_time_limit": outcome.stopped_by_time_limit,
+    }
+
+
+def memory_growth(before: dict[str, int] | None, after: dict[str, int] | None) -> Any:
+    if not before or not after:
+        return None
+    return {
+        "rss_before_kib": before["VmRSS"],
+        "rss_after_kib": after["VmRSS"],
+        "rss_growth_kib": after["VmRSS"] - before["VmRSS"],
+        "rss_anon_before_kib": before.get("RssAnon"),
+        "rss_anon_after_kib": after.get("RssAnon"),
+        "rss_file_before_kib": before.get("RssFile"),
+        "rss_file_after_kib": after.get("RssFile"),
+        "rss_peak_kib": after.get("VmHWM"),
     }
 
 
@@ -285,22 +257,12 @@ async def run(
     async with AsyncInferenceClient(url) as probe:
         meta = await probe.metadata(args.model)
     pool, wanted = make_inputs(spec, meta, args.rows)
-    warmup = await drive(url, args.model, pool, wanted, args, args.warmup) if args.warmup else None
+    warmup = None
+    if args.warmup:
+        warmup = await measure(url, args.model, pool, wanted, args, args.warmup)
     before = memory_kib(pid)
-    measured = await drive(url, args.model, pool, wanted, args, args.requests)
+    measured = await measure(url, args.model, pool, wanted, args, args.requests)
     after = memory_kib(pid)
-    memory = None
-    if before and after:
-        memory = {
-            "rss_before_kib": before["VmRSS"],
-            "rss_after_kib": after["VmRSS"],
-            "rss_growth_kib": after["VmRSS"] - before["VmRSS"],
-            "rss_anon_before_kib": before.get("RssAnon"),
-            "rss_anon_after_kib": after.get("RssAnon"),
-            "rss_file_before_kib": before.get("RssFile"),
-            "rss_file_after_kib": after.get("RssFile"),
-            "rss_peak_kib": after.get("VmHWM"),
-        }
     return {
         "model": args.model,
         "rows_per_request": args.rows,
@@ -310,7 +272,18 @@ async def run(
         if warmup is None
         else {k: warmup[k] for k in ("sent", "answered", "errors", "wrong_answers")},
         **measured,
-        "server_memory": memory,
+        "server_memory": memory_growth(before, after),
+    }
+
+
+def machine() -> dict[str, Any]:
+    described, versions = machine_info(), software_versions()
+    return {
+        "cpus": described["logical_cpus"],
+        "cores_to_use": described["cores_to_use"],
+        "python": versions["python"],
+        "grpcio": versions.get("grpcio"),
+        "platform": described["platform"],
     }
 
 
@@ -323,8 +296,8 @@ def main(argv: list[str] | None = None) -> int:
             repository = copy_model(args.repository, args.model, scratch)
             spec_path: Path | None = repository / base_name(args.model) / "spec.yaml"
             print(f"starting a server on a copy of {args.repository} ...", file=sys.stderr)
-            server = Server(repository, args.threads)
-            url, pid = f"127.0.0.1:{server.port}", server.process.pid
+            server = start_server(repository, args.threads)
+            url, pid = server.url, server.pid
         else:
             spec_path, url, pid = args.spec, args.url, args.server_pid
         spec = builder.load_spec(spec_path) if spec_path and spec_path.is_file() else None
@@ -336,20 +309,15 @@ def main(argv: list[str] | None = None) -> int:
         try:
             report = asyncio.run(run(url, spec, args, pid))
         finally:
-            stopped = server.stop() if server is not None else None
+            stopped = stop_server(server) if server is not None else None
     report["url"] = url
     report["server"] = {"started_by_script": server is not None, **(stopped or {})}
-    report["machine"] = {
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "grpcio": grpc.__version__,
-        "platform": platform.platform(),
-    }
-    text = json.dumps(report, indent=2)
-    print(text)
+    report["machine"] = machine()
+    text = dumps(report)
+    print(text, end="")
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(text + "\n")
+        args.json.write_text(text)
     failed = report["errors"] or report["wrong_answers"] or report["answered"] < args.requests
     if stopped is not None and stopped["exit_code"] != 0:
         failed = True
