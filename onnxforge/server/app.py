@@ -1,4 +1,11 @@
-"""Assembling and running the server: ``create_server(settings) -> (server, port)``."""
+"""Assembling and running the server: ``create_server(settings) -> Running``.
+
+The layers, from the files up: the registry (``server.registry``: repository scan, builds,
+one runtime per model version), the data plane (``server.dataplane``: every answer, no
+transport), and the transports on top -- the gRPC servicer (``server.service``), health,
+reflection and metrics. ``Running`` holds them, with the port bound (``port=0`` picks a
+free one, as tests do), and stops them with a drain.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +22,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer  # what grpc_health.v1.health.aio names
 from grpc_reflection.v1alpha import reflection
 
+from onnxforge.server.dataplane import DataPlane
+from onnxforge.server.health import HealthSync
 from onnxforge.server.metrics import Metrics
+from onnxforge.server.peers import PeeredDataPlane, PeerMark, Peers
 from onnxforge.server.registry import Registry
 from onnxforge.server.security import Security
 from onnxforge.server.service import SERVICE_NAME, InferenceService, register
@@ -46,25 +56,20 @@ class Settings:
     control_port: bool = False  # also listen on a private 127.0.0.1 port for peer workers
 
 
-# The drain: after in-flight work is done, calls are still answered UNAVAILABLE until
-# none has arrived or ended for QUIET_SECONDS (at most SETTLE_SECONDS, and never past the
-# grace period). Only then does the transport stop: gRPC cancels (CANCELLED, not
-# UNAVAILABLE) any call it has received but not yet handed to the servicer when it stops.
-QUIET_SECONDS = 0.25
-SETTLE_SECONDS = 2.0
-POLL_SECONDS = 0.01
-
-
 @dataclass
 class Running:
+    """A started server: what ``create_server`` returns and ``stop`` shuts down."""
+
     server: grpc.aio.Server
-    port: int
-    service: InferenceService
+    port: int  # the public port bound (the one asked for, or a free one for port 0)
+    plane: DataPlane  # this process's data plane
     registry: Registry
     metrics: Metrics
     metrics_port: int | None
+    health: HealthServicer
     watcher: asyncio.Task[None] | None = None
-    control_port: int | None = None
+    control_port: int | None = None  # private 127.0.0.1 port for the other workers
+    peers: Peers | None = None  # the other workers (--workers): ``peers.connect`` names them
 
     async def stop(self, grace: float) -> None:
         """Drain, then stop: every request gets its full answer or UNAVAILABLE.
@@ -72,52 +77,37 @@ class Running:
         1. Draining: health says NOT_SERVING, new inference calls are answered UNAVAILABLE,
            a stream ends with UNAVAILABLE after the request it is serving.
         2. Wait (up to ``grace`` s) for the requests in flight and the open streams.
-        3. Settle: keep answering UNAVAILABLE until the traffic stops (see QUIET_SECONDS).
+        3. Settle: keep answering UNAVAILABLE until the traffic stops (``server.drain``).
         4. Stop the transport (whatever still runs when ``grace`` is over is cancelled and
            counted as cut off), close the models.
         """
-        service = self.service
+        drain = self.plane.drain
         deadline = time.monotonic() + grace
-        answered, refused, cut = (
-            service.answered_draining,
-            service.refused_draining,
-            service.cut_off,
-        )
-        service.draining = True
-        for stream in list(service.idle_streams):  # woken to end with UNAVAILABLE
-            stream.cancel()
+        before = drain.tally()
+        drain.begin()
         if self.watcher is not None:
             self.watcher.cancel()
-        if service.health is not None:
-            await service.health.enter_graceful_shutdown()
-        await self._drain(deadline)
+        await self.health.enter_graceful_shutdown()
+        await drain.settle(deadline)
         await self.server.stop(max(0.0, deadline - time.monotonic()))
         await self.registry.close()
+        if self.peers is not None:
+            await self.peers.close()
         self.metrics.stop()
+        during = drain.tally() - before
         log.info(
             "stopped: %d answered during the drain, %d refused UNAVAILABLE, %d cut off",
-            service.answered_draining - answered,
-            service.refused_draining - refused,
-            service.cut_off - cut,
+            during.answered,
+            during.refused,
+            during.cut_off,
         )
-
-    async def _drain(self, deadline: float) -> None:
-        """Until nothing is in flight and no call came or went for QUIET_SECONDS."""
-        service = self.service
-        idle_since: float | None = None  # nothing in flight since then
-        while (now := time.monotonic()) < deadline:
-            if service.in_flight or service.open_streams:
-                idle_since = None
-            else:
-                idle_since = now if idle_since is None else idle_since
-                quiet = now - service.last_activity_ns / 1e9
-                if quiet >= QUIET_SECONDS or now - idle_since >= SETTLE_SECONDS:
-                    return
-            await asyncio.sleep(POLL_SECONDS)
 
 
 async def create_server(settings: Settings) -> Running:
-    """Load the repository and start serving; returns the server and the port it bound."""
+    """Load the repository and start serving; returns a ``Running`` with the bound port.
+
+    Raises OSError when the address cannot be bound (the models are closed again).
+    """
     metrics = Metrics()
     statistics = Statistics(metrics)
     registry = Registry(
@@ -130,10 +120,17 @@ async def create_server(settings: Settings) -> Running:
         on_batch=statistics.batch,
     )
     await registry.load_all()
+    plane = DataPlane(registry, statistics, max_rows=settings.max_rows)
     health = HealthServicer()
-    service = InferenceService(registry, statistics, health)
-    service.max_rows = settings.max_rows
-    await service.sync_health()
+    plane.listeners.append(HealthSync(plane, health))
+    await plane.changed()
+    security = settings.security
+    interceptors = security.interceptors()
+    # With --workers, the other workers reach this one on a private port, as peers.
+    peers = Peers(security.internal_token) if settings.control_port else None
+    if peers is not None:
+        interceptors.append(PeerMark(security.internal_token))
+    service = InferenceService(plane if peers is None else PeeredDataPlane(plane, peers))
     options = [
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_send_message_length", settings.max_message_bytes),
@@ -141,8 +138,7 @@ async def create_server(settings: Settings) -> Running:
         ("grpc.so_reuseport", 1 if settings.reuse_port else 0),
         ("grpc.max_concurrent_streams", settings.max_streams),
     ]
-    security = settings.security
-    server = grpc.aio.server(options=options, interceptors=security.interceptors())
+    server = grpc.aio.server(options=options, interceptors=interceptors)
     register(service, server)
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     # Reflection lets grpcurl and other tools work without the .proto file.
@@ -186,10 +182,18 @@ async def create_server(settings: Settings) -> Running:
         where,
     )
     running = Running(
-        server, port, service, registry, metrics, metrics_port, control_port=control_port
+        server,
+        port,
+        plane,
+        registry,
+        metrics,
+        metrics_port,
+        health,
+        control_port=control_port,
+        peers=peers,
     )
     if settings.watch_seconds is not None:
-        watcher = Watcher(registry, service, settings.watch_seconds)
+        watcher = Watcher(registry, plane.changed, settings.watch_seconds)
         running.watcher = asyncio.create_task(watcher.run(), name="watch")
     return running
 

@@ -19,10 +19,9 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
-import grpc
 import numpy as np
 
-from onnxforge.server.errors import QueueFull, ServingError
+from onnxforge.server.errors import DeadlineExceeded, ModelShuttingDown, QueueFull
 
 Arrays = Mapping[str, np.ndarray]
 RunBatch = Callable[[Arrays, Sequence[str]], dict[str, np.ndarray]]
@@ -93,7 +92,7 @@ class Batcher:
     ) -> dict[str, np.ndarray]:
         """Queue one request (rows on axis 0 of every input) and wait for its outputs."""
         if self._closing:
-            raise ServingError(f"model '{self.name}' is shutting down", grpc.StatusCode.UNAVAILABLE)
+            raise ModelShuttingDown(self.name)
         if len(self._queue) >= self.max_queue:
             raise QueueFull(self.name, self.max_queue)
         rows = len(next(iter(inputs.values())))
@@ -158,12 +157,7 @@ class Batcher:
                 self._queue.popleft()  # cancelled by its caller
             elif head.deadline is not None and now >= head.deadline:
                 self._queue.popleft()
-                head.future.set_exception(
-                    ServingError(
-                        f"deadline exceeded while queued for model '{self.name}'",
-                        grpc.StatusCode.DEADLINE_EXCEEDED,
-                    )
-                )
+                head.future.set_exception(DeadlineExceeded(self.name))
             else:
                 return True
         return False

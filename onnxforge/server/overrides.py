@@ -3,7 +3,7 @@
 Triton lets a load carry a configuration that replaces ``config.pbtxt`` for that load. The
 fields a server of ONNX files can honour are applied (batching, instances, version policy);
 the ones that describe the model itself must agree with it, and anything else is refused
-with INVALID_ARGUMENT naming the field -- never accepted and silently ignored.
+(``InvalidRequest``, INVALID_ARGUMENT) naming the field -- never accepted and silently ignored.
 """
 
 from __future__ import annotations
@@ -24,8 +24,11 @@ _DYNAMIC_BATCHING = ("max_queue_delay_microseconds",)
 _INSTANCE_GROUP = ("count", "kind", "name")
 
 
-def parse_load_parameters(name: str, parameters: Mapping[str, Any]) -> ModelConfig | None:
-    """The configuration a load request carries (None when it carries none)."""
+def parse_load_parameters(name: str, parameters: Mapping[str, object]) -> ModelConfig | None:
+    """The configuration a load request carries (None when it carries none).
+
+    ``parameters`` are plain values, as a transport decoded them (``{"config": "{...}"}``).
+    """
     for key in parameters:
         if key != "config":
             raise InvalidRequest(
@@ -34,8 +37,7 @@ def parse_load_parameters(name: str, parameters: Mapping[str, Any]) -> ModelConf
             )
     if "config" not in parameters:
         return None
-    parameter = parameters["config"]
-    text = parameter.string_param if hasattr(parameter, "string_param") else parameter
+    text = parameters["config"]
     if not isinstance(text, str) or not text.strip():
         raise InvalidRequest("load parameter 'config' must be a ModelConfig as a JSON string")
     try:

@@ -1,41 +1,44 @@
-"""The KServe v2 / Open Inference Protocol servicer: parse, call, convert -- nothing more.
+"""The KServe v2 / Open Inference Protocol over gRPC: parse, call the data plane, convert.
 
-Every ``ServingError`` becomes its gRPC status here, in one place; anything else is a bug,
-logged with its traceback and answered INTERNAL without internals.
+The servicer holds no state and makes no decision of its own: every answer comes from the
+data plane (``server.dataplane``); messages are read and written by ``server.convert``
+(tensors) and ``server.messages`` (the rest). Every ``ServingError`` becomes its gRPC
+status here, by one table, :data:`GRPC_STATUS`; anything else is a bug, logged with its
+traceback and answered INTERNAL without internals.
 """
 
 from __future__ import annotations
 
-import asyncio
 import functools
-import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError
-from grpc_health.v1 import health_pb2
-from grpc_health.v1._async import HealthServicer  # what grpc_health.v1.health.aio names
 
-from onnxforge._version import __version__
-from onnxforge.builder.metadata import SPEC_SHA256
 from onnxforge.protocol.generated import inference_pb2 as pb
 from onnxforge.protocol.generated import inference_pb2_grpc as pb_grpc
-from onnxforge.server import convert, validate
-from onnxforge.server.errors import ServingError, Unavailable
-from onnxforge.server.overrides import parse_load_parameters
-from onnxforge.server.peers import Peers, forwarded, merge_statistics
-from onnxforge.server.registry import PLATFORM, Registry, State
-from onnxforge.server.stats import ModelStats, Statistics
+from onnxforge.server import convert, messages
+from onnxforge.server.dataplane import DataPlaneAPI
+from onnxforge.server.errors import Code, ServingError
 
 log = logging.getLogger("onnxforge.server")
 SERVICE_NAME = "inference.GRPCInferenceService"
-# SERVING while the process runs, whatever the models do: for liveness probes, which
-# should not restart a server because one model failed to load.
-LIVE_SERVICE = "onnxforge.Live"
-EXTENSIONS = ["model_repository", "statistics", "model_repository(unload_dependents)"]
+INTERNAL_MESSAGE = "internal error (see the server log)"
+
+#: The gRPC status of every error code (the HTTP statuses are ``errors.HTTP_STATUS``).
+GRPC_STATUS: Final[dict[Code, grpc.StatusCode]] = {
+    Code.INVALID_ARGUMENT: grpc.StatusCode.INVALID_ARGUMENT,
+    Code.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+    Code.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
+    Code.RESOURCE_EXHAUSTED: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Code.DEADLINE_EXCEEDED: grpc.StatusCode.DEADLINE_EXCEEDED,
+    Code.UNAUTHENTICATED: grpc.StatusCode.UNAUTHENTICATED,
+    Code.PERMISSION_DENIED: grpc.StatusCode.PERMISSION_DENIED,
+    Code.INTERNAL: grpc.StatusCode.INTERNAL,
+}
 
 Response = TypeVar("Response")
 
@@ -54,12 +57,12 @@ def _answers(
         try:
             return await method(self, request, context)
         except ServingError as error:
-            await context.abort(error.code, error.message)
+            await context.abort(GRPC_STATUS[error.code], error.message)
         except grpc.aio.AbortError:
             raise
         except Exception:
             log.exception("unexpected error in %s", method.__name__)
-            await context.abort(grpc.StatusCode.INTERNAL, "internal error (see the server log)")
+            await context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
         raise AssertionError("unreachable")  # abort() always raises
 
     return wrapper
@@ -110,50 +113,10 @@ def register(service: InferenceService, server: grpc.aio.Server) -> None:
 
 
 class InferenceService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
-    """Answers every RPC of ``inference.GRPCInferenceService`` from a ``Registry``."""
+    """Answers every RPC of ``inference.GRPCInferenceService`` from a data plane."""
 
-    def __init__(
-        self, registry: Registry, statistics: Statistics, health: HealthServicer | None = None
-    ) -> None:
-        self.registry = registry
-        self.statistics = statistics
-        self.health = health
-        self.draining = False
-        self.peers: Peers | None = None  # the other workers, with --workers N
-        self.max_rows = 65536  # rows per request
-        self.in_flight = 0  # requests between arrival and answer
-        self.cut_off = 0  # requests cancelled while being served (client gone, or shutdown)
-        # The drain (server.app.Running.stop): what it waits for and what it reports.
-        self.answered_draining = 0  # requests answered after draining began
-        self.refused_draining = 0  # calls answered UNAVAILABLE because the server drains
-        self.last_activity_ns = time.monotonic_ns()  # an inference request arrived or ended
-        self.open_streams = 0  # ModelStreamInfer calls not yet ended
-        self.idle_streams: set[asyncio.Task[Any]] = set()  # streams awaiting their next request
-
-    def ready(self) -> bool:
-        """Every model is ready, except those unloaded on purpose (as Triton counts it)."""
-        return not self.draining and all(
-            entry.state == State.READY or entry.deliberate
-            for entry in self.registry.entries.values()
-        )
-
-    async def sync_health(self) -> None:
-        """gRPC health ("" for the whole server, one name per model) and the loaded gauge."""
-        if self.statistics.metrics is not None:
-            ready = sum(entry.state == State.READY for entry in self.registry.entries.values())
-            self.statistics.metrics.models_loaded.set(ready)
-        if self.health is None:
-            return
-        serving, not_serving = (
-            health_pb2.HealthCheckResponse.SERVING,
-            health_pb2.HealthCheckResponse.NOT_SERVING,
-        )
-        await self.health.set(LIVE_SERVICE, not_serving if self.draining else serving)
-        await self.health.set("", serving if self.ready() else not_serving)
-        await self.health.set(SERVICE_NAME, serving if self.ready() else not_serving)
-        for name, entry in self.registry.entries.items():
-            ok = entry.state == State.READY and not self.draining
-            await self.health.set(name, serving if ok else not_serving)
+    def __init__(self, plane: DataPlaneAPI) -> None:
+        self.plane = plane
 
     # ------------------------------------------------------------------ health
 
@@ -161,28 +124,19 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[mi
     async def ServerLive(
         self, request: pb.ServerLiveRequest, context: Any
     ) -> pb.ServerLiveResponse:
-        return pb.ServerLiveResponse(live=True)
+        return pb.ServerLiveResponse(live=await self.plane.live())
 
     @_answers
     async def ServerReady(
         self, request: pb.ServerReadyRequest, context: Any
     ) -> pb.ServerReadyResponse:
-        ready = self.ready()
-        if ready and self.peers is not None and not forwarded(context, self.peers.token):
-            ready = await self.peers.ready()
-        return pb.ServerReadyResponse(ready=ready)
+        return pb.ServerReadyResponse(ready=await self.plane.server_ready())
 
     @_answers
     async def ModelReady(
         self, request: pb.ModelReadyRequest, context: Any
     ) -> pb.ModelReadyResponse:
-        try:
-            self.registry.get(request.name, request.version)
-        except ServingError:
-            return pb.ModelReadyResponse(ready=False)
-        ready = not self.draining
-        if ready and self.peers is not None and not forwarded(context, self.peers.token):
-            ready = await self.peers.model_ready(request.name, request.version)
+        ready = await self.plane.model_ready(request.name, request.version)
         return pb.ModelReadyResponse(ready=ready)
 
     # ------------------------------------------------------------------ metadata
@@ -191,84 +145,29 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[mi
     async def ServerMetadata(
         self, request: pb.ServerMetadataRequest, context: Any
     ) -> pb.ServerMetadataResponse:
-        return pb.ServerMetadataResponse(
-            name="onnxforge", version=__version__, extensions=EXTENSIONS
-        )
+        return messages.server_metadata(await self.plane.server_metadata())
 
     @_answers
     async def ModelMetadata(
         self, request: pb.ModelMetadataRequest, context: Any
     ) -> pb.ModelMetadataResponse:
-        version = self.registry.get(request.name, request.version)
-        entry = self.registry.entries[request.name]
-        # The protocol's metadata message has no free-form fields: precision and measured
-        # accuracy travel as response headers.
-        headers = [("x-onnxforge-variant", version.variant)]
-        if version.accuracy is not None:
-            headers.append(("x-onnxforge-accuracy", json.dumps(version.accuracy, sort_keys=True)))
-        if SPEC_SHA256 in version.props:  # the spec this version was built from
-            headers.append(("x-onnxforge-spec-sha256", version.props[SPEC_SHA256]))
-        await context.send_initial_metadata(headers)
-
-        def tensors(items: Any) -> list[pb.ModelMetadataResponse.TensorMetadata]:
-            return [
-                pb.ModelMetadataResponse.TensorMetadata(
-                    name=t.name, datatype=t.datatype, shape=list(t.shape)
-                )
-                for t in items.values()
-            ]
-
-        return pb.ModelMetadataResponse(
-            name=version.model,
-            versions=sorted(entry.versions, key=int),
-            platform=PLATFORM,
-            inputs=tensors(version.inputs),
-            outputs=tensors(version.outputs),
-        )
+        metadata = await self.plane.model_metadata(request.name, request.version)
+        # The protocol's message has no free-form fields: these travel as headers.
+        await context.send_initial_metadata(metadata.headers())
+        return messages.model_metadata(metadata)
 
     # ------------------------------------------------------------------ inference
 
     async def _infer(
         self, request: pb.ModelInferRequest, deadline: float | None
     ) -> pb.ModelInferResponse:
-        if self.draining:
-            self.refused_draining += 1
-            self.last_activity_ns = time.monotonic_ns()
-            raise Unavailable("the server is shutting down")
-        version = self.registry.get(request.model_name, request.model_version)
-        started = self.last_activity_ns = time.monotonic_ns()
-        rows = 0
-        status = "UNKNOWN"
-        self.in_flight += 1
-        try:
-            arrays = convert.input_arrays(request)
-            datatypes = {tensor.name: tensor.datatype for tensor in request.inputs}
-            inputs = validate.model_inputs(version, arrays, datatypes, self.max_rows)
-            validate.supported_parameters(request.parameters, "request")
-            for wanted in request.outputs:
-                validate.supported_parameters(wanted.parameters, f"output '{wanted.name}'")
-            outputs = validate.requested_outputs(version, [o.name for o in request.outputs])
-            rows = len(next(iter(inputs.values()))) if inputs else 0
-            results = await version.infer(inputs, outputs, deadline)
-            tensors, raw = convert.output_tensors(results, raw=bool(request.raw_input_contents))
-            status = "OK"
-            if self.draining:
-                self.answered_draining += 1
-        except ServingError as error:
-            status = error.code.name
-            raise
-        except asyncio.CancelledError:
-            status = "CANCELLED"
-            self.cut_off += 1
-            raise
-        finally:
-            self.in_flight -= 1
-            self.last_activity_ns = time.monotonic_ns()
-            elapsed = self.last_activity_ns - started
-            self.statistics.request(version.model, version.version, status, elapsed, rows)
+        async with self.plane.inference(request.model_name, request.model_version) as call:
+            inputs = convert.input_arrays(request)
+            outputs = await call.run(messages.infer_request(request, inputs), deadline)
+            tensors, raw = convert.output_tensors(outputs, raw=bool(request.raw_input_contents))
         return pb.ModelInferResponse(
-            model_name=version.model,
-            model_version=version.version,
+            model_name=call.model,
+            model_version=call.version,
             id=request.id,
             outputs=tensors,
             raw_output_contents=raw,
@@ -286,52 +185,35 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[mi
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: Any
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
         # Requests are served one after the other. Once the server drains, the request in
-        # progress is answered and the stream then ends with UNAVAILABLE; a stream waiting
-        # for its next request is woken by the drain (which cancels its task) to end so.
-        task = asyncio.current_task()
-        assert task is not None  # a handler always runs in a task
+        # progress is answered and the stream then ends with UNAVAILABLE, also while it
+        # waits for its next request (server.drain).
+        drain = self.plane.drain
         requests = aiter(request_iterator)
-        self.open_streams += 1
-        try:
+        with drain.stream():
             while True:
-                if self.draining:
-                    self.refused_draining += 1
-                    error = Unavailable("the server is shutting down")
-                    await context.abort(error.code, error.message)
-                self.idle_streams.add(task)
                 try:
-                    request = await anext(requests)
-                except StopAsyncIteration:
+                    request = await drain.next_request(requests)
+                except ServingError as error:
+                    await context.abort(GRPC_STATUS[error.code], error.message)
+                if request is None:
                     return
-                except asyncio.CancelledError:
-                    if not self.draining:
-                        raise  # the client went away
-                    continue
-                finally:
-                    self.idle_streams.discard(task)
                 if isinstance(request, Undecodable):
                     yield pb.ModelStreamInferResponse(error_message=request.message)
                     continue
                 try:
                     response = await self._infer(request, None)
-                except ServingError as error:
+                except Exception as error:
+                    if isinstance(error, ServingError):
+                        message = error.message
+                    else:
+                        log.exception("unexpected error in ModelStreamInfer")
+                        message = INTERNAL_MESSAGE
                     # The id tells a client which of its requests failed (as Triton does).
                     yield pb.ModelStreamInferResponse(
-                        error_message=error.message,
-                        infer_response=pb.ModelInferResponse(id=request.id),
-                    )
-                    continue
-                except Exception:
-                    log.exception("unexpected error in ModelStreamInfer")
-                    yield pb.ModelStreamInferResponse(
-                        error_message="internal error (see the server log)",
-                        infer_response=pb.ModelInferResponse(id=request.id),
+                        error_message=message, infer_response=pb.ModelInferResponse(id=request.id)
                     )
                     continue
                 yield pb.ModelStreamInferResponse(infer_response=response)
-        finally:
-            self.open_streams -= 1
-            self.last_activity_ns = time.monotonic_ns()
 
     # ------------------------------------------------------------------ repository
 
@@ -339,22 +221,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[mi
     async def RepositoryIndex(
         self, request: pb.RepositoryIndexRequest, context: Any
     ) -> pb.RepositoryIndexResponse:
-        known = dict.fromkeys([*self.registry.names(), *self.registry.entries])
-        models = []
-        for name in known:
-            entry = self.registry.entries.get(name)
-            state = entry.state.value if entry else State.UNAVAILABLE.value
-            if request.ready and state != State.READY.value:
-                continue
-            reason = entry.reason if entry else "not loaded"
-            versions = sorted(entry.versions, key=int) if entry and entry.versions else [""]
-            models += [
-                pb.RepositoryIndexResponse.ModelIndex(
-                    name=name, version=v, state=state, reason=reason
-                )
-                for v in versions
-            ]
-        return pb.RepositoryIndexResponse(models=models)
+        return messages.repository_index(await self.plane.index(ready_only=request.ready))
 
     @_answers
     async def RepositoryModelLoad(
@@ -362,79 +229,21 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[mi
     ) -> pb.RepositoryModelLoadResponse:
         # KServe's own proto puts the model name in field 1 (our repository_name).
         name = request.model_name or request.repository_name
-        self.registry.require(name)  # NOT_FOUND before anything about its parameters
-        config = parse_load_parameters(name, request.parameters)
-        entry = await self.registry.load(name, config)
-        if self.peers is not None and not forwarded(context, self.peers.token):
-            await self.peers.load(request)
-        await self.sync_health()
-        if entry.state != State.READY:
-            raise ServingError(
-                f"model '{name}' failed to load: {entry.reason}",
-                grpc.StatusCode.INVALID_ARGUMENT,
-            )
+        await self.plane.load(name, messages.values(request.parameters))
         return pb.RepositoryModelLoadResponse()
 
     @_answers
     async def RepositoryModelUnload(
         self, request: pb.RepositoryModelUnloadRequest, context: Any
     ) -> pb.RepositoryModelUnloadResponse:
-        name = request.model_name or request.repository_name
-        await self.registry.unload(name)
-        if self.peers is not None and not forwarded(context, self.peers.token):
-            await self.peers.unload(name)
-        await self.sync_health()
+        await self.plane.unload(request.model_name or request.repository_name)
         return pb.RepositoryModelUnloadResponse()
 
     @_answers
     async def ModelStatistics(
         self, request: pb.ModelStatisticsRequest, context: Any
     ) -> pb.ModelStatisticsResponse:
-        if request.name:
-            self.registry.get(request.name, request.version)  # NOT_FOUND for unknown models
-        # Every loaded version has an entry, zeros until it serves (as Triton answers).
-        loaded = {
-            (entry.name, version)
-            for entry in self.registry.entries.values()
-            for version in entry.versions
-            if entry.state == State.READY
-        }
-        counted = dict(self.statistics.models)
-        out = []
-        for name, version in sorted(loaded | set(counted)):
-            stats = counted.get((name, version), ModelStats())
-            if request.name and name != request.name:
-                continue
-            if request.version and version != request.version:
-                continue
-            out.append(
-                pb.ModelStatistics(
-                    name=name,
-                    version=version,
-                    last_inference=stats.last_inference_ms,
-                    inference_count=stats.inference_count,
-                    execution_count=stats.execution_count,
-                    inference_stats=pb.InferStatistics(
-                        success=pb.StatisticDuration(
-                            count=stats.success.count, ns=stats.success.ns
-                        ),
-                        fail=pb.StatisticDuration(count=stats.fail.count, ns=stats.fail.ns),
-                        queue=pb.StatisticDuration(count=stats.queue.count, ns=stats.queue.ns),
-                        compute_infer=pb.StatisticDuration(
-                            count=stats.compute_infer.count, ns=stats.compute_infer.ns
-                        ),
-                    ),
-                    batch_stats=[
-                        pb.InferBatchStatistics(
-                            batch_size=size,
-                            compute_infer=pb.StatisticDuration(
-                                count=duration.count, ns=duration.ns
-                            ),
-                        )
-                        for size, duration in sorted(stats.batches.items())
-                    ],
-                )
-            )
-        if self.peers is not None and not forwarded(context, self.peers.token):
-            out = merge_statistics([*out, *await self.peers.statistics(request)])
-        return pb.ModelStatisticsResponse(model_stats=out)
+        found = await self.plane.statistics(request.name, request.version)
+        return pb.ModelStatisticsResponse(
+            model_stats=[messages.model_statistics(part) for part in found]
+        )

@@ -1,10 +1,16 @@
-"""Per-model statistics for ModelStatistics: real counts and times, in nanoseconds."""
+"""Per-model statistics for ModelStatistics: real counts and times, in nanoseconds.
+
+Plain values (no protocol types): the data plane answers with :class:`VersionStats`, each
+transport writes them in its own format, and :func:`merge` adds up what several worker
+processes report.
+"""
 
 from __future__ import annotations
 
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from onnxforge.server.batcher import BatchStats
@@ -32,6 +38,43 @@ class ModelStats:
     last_inference_ms: int = 0
     batches: dict[int, Duration] = field(default_factory=lambda: defaultdict(Duration))
 
+    def copy(self) -> ModelStats:
+        copied = ModelStats()
+        copied.add(self)
+        return copied
+
+    def add(self, other: ModelStats) -> None:
+        """Add ``other``'s counts and times to these (the latest inference wins)."""
+        for name in ("success", "fail", "queue", "compute_infer"):
+            part: Duration = getattr(other, name)
+            getattr(self, name).add(part.ns, part.count)
+        self.inference_count += other.inference_count
+        self.execution_count += other.execution_count
+        self.last_inference_ms = max(self.last_inference_ms, other.last_inference_ms)
+        for size, duration in other.batches.items():
+            self.batches[size].add(duration.ns, duration.count)
+
+
+@dataclass(frozen=True)
+class VersionStats:
+    """The statistics of one version of one model, as ModelStatistics reports them."""
+
+    name: str
+    version: str
+    stats: ModelStats
+
+
+def merge(parts: Iterable[VersionStats]) -> list[VersionStats]:
+    """Sum per (model, version) what several workers report, sorted by model and version."""
+    merged: dict[tuple[str, str], ModelStats] = {}
+    for part in parts:
+        key = (part.name, part.version)
+        if key in merged:
+            merged[key].add(part.stats)
+        else:
+            merged[key] = part.stats.copy()
+    return [VersionStats(name, version, merged[name, version]) for name, version in sorted(merged)]
+
 
 class Statistics:
     """Thread-safe counters keyed by (model, version)."""
@@ -48,8 +91,13 @@ class Statistics:
             self._by_model[model] = ModelMetrics(self.metrics, model)
         return self._by_model[model]
 
+    def snapshot(self) -> dict[tuple[str, str], ModelStats]:
+        """A copy of every version's counts, consistent with itself."""
+        with self._lock:
+            return {key: stats.copy() for key, stats in self.models.items()}
+
     def request(self, model: str, version: str, status: str, ns: int, rows: int) -> None:
-        """One answered request; ``status`` is the gRPC status name ("OK", "NOT_FOUND", ...)."""
+        """One answered request; ``status`` is "OK", an error's code name or "CANCELLED"."""
         ok = status == "OK"
         if self.metrics is not None:
             series = self._series(model)

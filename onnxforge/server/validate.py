@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-import grpc
 import numpy as np
 
-from onnxforge.server.errors import InvalidInput, InvalidRequest, ServingError
+from onnxforge.server.errors import InvalidInput, InvalidRequest, TooManyRows
 from onnxforge.server.registry import Version
 
 
@@ -65,11 +64,7 @@ def model_inputs(
     if batch_sizes == {0}:
         raise InvalidRequest("the batch is empty (0 rows)")
     if max_rows is not None and batch_sizes and max(batch_sizes) > max_rows:
-        raise ServingError(
-            f"a request may hold at most {max_rows} rows, this one holds "
-            f"{max(batch_sizes)} (--max-rows)",
-            grpc.StatusCode.RESOURCE_EXHAUSTED,
-        )
+        raise TooManyRows(max(batch_sizes), max_rows)
     return dict(arrays)
 
 

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from onnxforge.builder.layout import MODEL_FILE, SPEC_FILES
 from onnxforge.server.registry import Registry, State
-from onnxforge.server.service import InferenceService
 
 log = logging.getLogger("onnxforge.server")
 
@@ -49,9 +49,16 @@ def snapshot(root: Path) -> Snapshot:
 
 
 class Watcher:
-    def __init__(self, registry: Registry, service: InferenceService, interval: float = 1.0):
+    """Polls ``registry``'s folder; calls ``on_change`` after applying what changed."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        on_change: Callable[[], Awaitable[None]],
+        interval: float = 1.0,
+    ) -> None:
         self.registry = registry
-        self.service = service
+        self.on_change = on_change  # the data plane's: health and the loaded gauge follow
         self.interval = interval
         self.seen = snapshot(registry.root)
 
@@ -95,7 +102,7 @@ class Watcher:
         # but keep the sources as they were when this look began -- a spec edited while we
         # were building is a change the next look must see.
         self.seen = _merge(sources=now, built=snapshot(self.registry.root))
-        await self.service.sync_health()
+        await self.on_change()
         return changed
 
     def _spec_changed(self, name: str, now: Snapshot) -> bool:

@@ -52,17 +52,15 @@ def _worker(settings: Settings, index: int, link: Connection, level: str, fmt: s
 
 async def _serve_worker(settings: Settings, index: int, link: Connection) -> None:
     from onnxforge.server.app import create_server
-    from onnxforge.server.peers import Peers
 
     running = await create_server(settings)
-    assert running.control_port is not None
+    assert running.control_port is not None and running.peers is not None
     link.send(running.control_port)
-    peers = [
+    running.peers.connect(
         address
         for address in await asyncio.to_thread(link.recv)
         if address != f"127.0.0.1:{running.control_port}"
-    ]
-    running.service.peers = Peers(peers, settings.security.internal_token)
+    )
     log.info(
         "worker %d: pid %d, control port 127.0.0.1:%d", index, os.getpid(), running.control_port
     )
@@ -80,7 +78,6 @@ async def _serve_worker(settings: Settings, index: int, link: Connection) -> Non
     await stop.wait()
     log.info("worker %d: shutting down: finishing in-flight requests", index)
     await running.stop(settings.grace_seconds)
-    await running.service.peers.close()
 
 
 def run_workers(settings: Settings, workers: int, level: str = "info", fmt: str = "text") -> int:
