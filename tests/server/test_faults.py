@@ -168,7 +168,7 @@ def _queued(server: ServerThread) -> dict[str, int]:
 
 def _settled(server: ServerThread) -> bool:
     assert server.running is not None
-    return server.running.service.in_flight == 0 and not any(_queued(server).values())
+    return server.running.plane.drain.in_flight == 0 and not any(_queued(server).values())
 
 
 def _expected_batchers(server: ServerThread) -> list[str]:
@@ -766,8 +766,8 @@ def test_a_client_that_disconnects_mid_request(
     """
     server, slow, want = slow_server
     assert server.running is not None
-    service = server.running.service
-    count, cut_before = 8, service.cut_off
+    drain = server.running.plane.drain
+    count, cut_before = 8, drain.cut_off
     began = time.monotonic()
     if how == "channel-closed":
         channel = grpc.insecure_channel(server.address)
@@ -776,7 +776,7 @@ def test_a_client_that_disconnects_mid_request(
             stub.ModelInfer.future(infer_request("alpha", {"x": X64}), timeout=WAIT)
             for _ in range(count)
         ]
-        _wait_until(lambda: service.in_flight == count, what="all requests in flight")
+        _wait_until(lambda: drain.in_flight == count, what="all requests in flight")
         runs_at_fault = slow.runs  # 1: the others wait behind a 0.4 s run
         channel.close()
         codes = Counter(call.exception().code().name for call in calls)
@@ -788,7 +788,7 @@ def test_a_client_that_disconnects_mid_request(
             stdout=subprocess.DEVNULL,
         )
         try:
-            _wait_until(lambda: service.in_flight == count, what="all requests in flight")
+            _wait_until(lambda: drain.in_flight == count, what="all requests in flight")
             runs_at_fault = slow.runs
             process.kill()
         finally:
@@ -796,11 +796,11 @@ def test_a_client_that_disconnects_mid_request(
             process.wait(WAIT)
     _wait_until(lambda: _settled(server), what="in flight and queue back to 0")
     print(
-        f"\n(d) {how}: sent {count}, answered 0, cut off {service.cut_off - cut_before}, "
+        f"\n(d) {how}: sent {count}, answered 0, cut off {drain.cut_off - cut_before}, "
         f"session runs {slow.runs} (rows {slow.rows}); settled after "
         f"{time.monotonic() - began:.2f} s"
     )
-    assert service.cut_off - cut_before == count
+    assert drain.cut_off - cut_before == count
     assert 1 <= runs_at_fault < count
     assert slow.runs == runs_at_fault  # the queued requests never ran after the client left
     assert slow.rows == [64] * slow.runs  # one request per run
@@ -1036,13 +1036,13 @@ def test_a_slow_model_does_not_hold_up_another_model(tmp_path: Path) -> None:
     threads = [threading.Thread(target=slow_client) for _ in range(backlog)]
     try:
         assert server.running is not None
-        service = server.running.service
+        drain = server.running.plane.drain
         slow = _slow_down(server, "alpha", 0.5)
         with InferenceClient(server.address) as client:
             client.infer("beta", {"x": x})  # connected and warm
             for thread in threads:
                 thread.start()
-            _wait_until(lambda: service.in_flight == backlog, what="the backlog in flight")
+            _wait_until(lambda: drain.in_flight == backlog, what="the backlog in flight")
             began = time.monotonic()
             got = client.infer("beta", {"x": x}, timeout=WAIT)["y"]
             waited = time.monotonic() - began
