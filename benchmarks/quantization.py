@@ -22,11 +22,7 @@ from __future__ import annotations
 
 import argparse
 import collections
-import contextlib
 import datetime
-import json
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -37,8 +33,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
+from quantization_report import plot, print_report
 
 from onnxforge import builder
+from onnxforge.bench import machine_info, software_versions, write_json
 from onnxforge.builder.quantize import QuantizeOptions, quantize
 from onnxforge.builder.verify import sample_inputs
 
@@ -46,17 +44,6 @@ CALIBRATION_ROWS = 512
 CALIBRATION_SEED = 1
 INPUT_SEED = 2  # timing and check rows: drawn apart from the calibration rows
 CHECK_ROWS = 1024  # rows for the output check against fp32 (the timing rows are the first ones)
-CPU_FLAGS = (
-    "avx2",
-    "avx512f",
-    "avx512bw",
-    "avx512_vnni",
-    "avx_vnni",
-    "amx_int8",
-    "f16c",
-    "avx512_fp16",
-    "avx512_bf16",
-)
 
 
 @dataclass
@@ -115,8 +102,7 @@ def main(argv: list[str] | None = None) -> int:
 
     report = make_report(spec, args, configs, samples, elapsed)
     print_report(report)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(report, indent=2) + "\n")
+    write_json(args.json, report)
     print(f"\nwrote {args.json}", file=sys.stderr)
     if args.plot is not None:
         plot(report, args.plot)
@@ -313,6 +299,51 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(values, q))
 
 
+def _timing(
+    samples: dict[Cell, list[list[float]]], threads: int, batch: int, index: int
+) -> dict[str, object]:
+    """One (threads, batch) cell of a variant: median, p90, ratios to fp32, rows/s."""
+    rounds = samples[threads, batch, index]
+    base_rounds = samples[threads, batch, 0]
+    calls = [t for calls in rounds for t in calls]
+    base = statistics.median(t for calls in base_rounds for t in calls)
+    median = statistics.median(calls)
+    paired = statistics.median(
+        statistics.median(mine) / statistics.median(theirs)
+        for mine, theirs in zip(rounds, base_rounds, strict=True)
+    )
+    return {
+        "threads": threads,
+        "batch": batch,
+        "calls": len(calls),
+        "median_ms": round(median * 1e3, 4),
+        "p90_ms": round(percentile(calls, 90) * 1e3, 4),
+        "ratio_to_fp32": round(median / base, 3),
+        "paired_ratio_to_fp32": round(paired, 3),
+        "rows_per_s": round(batch / median, 1),
+    }
+
+
+def _variant_entry(
+    config: Config, args: argparse.Namespace, fp32_bytes: int, timings: list[dict[str, object]]
+) -> dict[str, object]:
+    entry: dict[str, object] = {"label": config.label, "variant": config.variant}
+    if config.int8:
+        entry["per_channel"] = config.per_channel
+        entry["reduce_range"] = config.reduce_range
+        if config.variant == "int8-static":
+            entry["method"] = args.method
+    entry.update(
+        bytes=len(config.model),
+        bytes_ratio_to_fp32=round(len(config.model) / fp32_bytes, 4),
+        optimized_ops=config.ops,
+        optimized_weight_dtypes=config.weight_dtypes,
+        output_check=config.check,
+        timings=timings,
+    )
+    return entry
+
+
 def make_report(
     spec: builder.Spec,
     args: argparse.Namespace,
@@ -323,58 +354,20 @@ def make_report(
     fp32_bytes = len(configs[0].model)
     variants = []
     for index, config in enumerate(configs):
-        timings = []
-        for threads in args.threads:
-            for batch in args.batch_sizes:
-                rounds = samples[threads, batch, index]
-                base_rounds = samples[threads, batch, 0]
-                calls = [t for calls in rounds for t in calls]
-                base = statistics.median(t for calls in base_rounds for t in calls)
-                median = statistics.median(calls)
-                paired = statistics.median(
-                    statistics.median(mine) / statistics.median(theirs)
-                    for mine, theirs in zip(rounds, base_rounds, strict=True)
-                )
-                timings.append(
-                    {
-                        "threads": threads,
-                        "batch": batch,
-                        "calls": len(calls),
-                        "median_ms": round(median * 1e3, 4),
-                        "p90_ms": round(percentile(calls, 90) * 1e3, 4),
-                        "ratio_to_fp32": round(median / base, 3),
-                        "paired_ratio_to_fp32": round(paired, 3),
-                        "rows_per_s": round(batch / median, 1),
-                    }
-                )
-        entry: dict[str, object] = {"label": config.label, "variant": config.variant}
-        if config.int8:
-            entry["per_channel"] = config.per_channel
-            entry["reduce_range"] = config.reduce_range
-            if config.variant == "int8-static":
-                entry["method"] = args.method
-        entry.update(
-            bytes=len(config.model),
-            bytes_ratio_to_fp32=round(len(config.model) / fp32_bytes, 4),
-            optimized_ops=config.ops,
-            optimized_weight_dtypes=config.weight_dtypes,
-            output_check=config.check,
-            timings=timings,
-        )
+        timings = [
+            _timing(samples, threads, batch, index)
+            for threads in args.threads
+            for batch in args.batch_sizes
+        ]
+        entry = _variant_entry(config, args, fp32_bytes, timings)
         variants.append(entry)
     return {
         "benchmark": "quantization",
         "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "spec": str(args.spec),
         "model": spec.name,
-        "machine": machine(),
-        "software": {
-            "python": platform.python_version(),
-            "onnxruntime": ort.__version__,
-            "onnx": onnx.__version__,
-            "numpy": np.__version__,
-            "onnxforge": _onnxforge_version(),
-        },
+        "machine": machine_info(),
+        "software": software_versions(),
         "settings": {
             "threads": args.threads,
             "batch_sizes": args.batch_sizes,
@@ -390,213 +383,6 @@ def make_report(
         },
         "variants": variants,
     }
-
-
-def _onnxforge_version() -> str:
-    with contextlib.suppress(Exception):
-        import onnxforge
-
-        return str(onnxforge.__version__)
-    return "unknown"
-
-
-def machine() -> dict[str, object]:
-    info: dict[str, str] = {}
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            info.setdefault(key.strip(), value.strip())  # the first CPU's lines
-    flags = set(info.get("flags", "").split())
-    return {
-        "cpu_model": info.get("model name") or platform.processor() or "unknown",
-        "cpu_vendor": info.get("vendor_id"),
-        "cpu_family": info.get("cpu family"),
-        "cpu_model_number": info.get("model"),
-        "logical_cpus": os.cpu_count(),
-        "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "cpu_flags": {flag: flag in flags for flag in CPU_FLAGS},
-        "platform": platform.platform(),
-    }
-
-
-def _short_ops(ops: dict[str, int]) -> str:
-    return ", ".join(
-        f"{op.removeprefix('com.microsoft.')}x{n}" if n > 1 else op.removeprefix("com.microsoft.")
-        for op, n in ops.items()
-    )
-
-
-def print_report(report: dict) -> None:
-    flags = [flag for flag, present in report["machine"]["cpu_flags"].items() if present]
-    print(
-        f"{report['model']} | CPU {report['machine']['cpu_model']} "
-        f"({report['machine']['logical_cpus']} logical) | flags: {' '.join(flags)} | "
-        f"onnxruntime {report['software']['onnxruntime']}"
-    )
-    settings = report["settings"]
-    print(
-        f"{settings['rounds']} rounds x {settings['repeat']} calls per cell, interleaved; "
-        f"medians in ms; x fp32 = median / fp32 median in this run"
-    )
-    for threads in settings["threads"]:
-        header = ["variant", "MB", "size x fp32"]
-        for batch in settings["batch_sizes"]:
-            header += [f"b{batch} med", f"b{batch} p90", f"b{batch} x fp32"]
-        header.append(f"b{max(settings['batch_sizes'])} rows/s")
-        lines = [header]
-        for entry in report["variants"]:
-            timings = {t["batch"]: t for t in entry["timings"] if t["threads"] == threads}
-            line = [
-                entry["label"],
-                f"{entry['bytes'] / 1e6:.2f}",
-                f"{entry['bytes_ratio_to_fp32']:.3f}",
-            ]
-            for batch in settings["batch_sizes"]:
-                t = timings[batch]
-                line += [f"{t['median_ms']:.3f}", f"{t['p90_ms']:.3f}", f"{t['ratio_to_fp32']:.2f}"]
-            line.append(f"{timings[max(settings['batch_sizes'])]['rows_per_s']:,.0f}")
-            lines.append(line)
-        print(f"\nintra_op_num_threads = {threads}")
-        _print_table(lines)
-    print("\nwhat ONNX Runtime runs after graph optimization")
-    rows = report["variants"][0]["output_check"]["rows"]
-    lines = [
-        [
-            "variant",
-            "operators",
-            "weight values by type",
-            "max abs diff vs fp32",
-            f"argmax = fp32 ({rows} rows)",
-        ]
-    ]
-    for entry in report["variants"]:
-        weights = ", ".join(f"{k} {v:,}" for k, v in entry["optimized_weight_dtypes"].items())
-        check = entry["output_check"]
-        lines.append(
-            [
-                entry["label"],
-                _short_ops(entry["optimized_ops"]),
-                weights,
-                f"{check['max_abs_vs_fp32']:.4f}",
-                f"{check['argmax_agreement_vs_fp32']:.3f}",
-            ]
-        )
-    _print_table(lines)
-    sys.stdout.flush()
-
-
-def _print_table(lines: list[list[str]]) -> None:
-    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
-    for n, line in enumerate(lines):
-        cells = [
-            cell.ljust(width) if i == 0 else cell.rjust(width)
-            for i, (cell, width) in enumerate(zip(line, widths, strict=True))
-        ]
-        print("| " + " | ".join(cells) + " |")
-        if n == 0:
-            print("|" + "|".join("-" * (width + 2) for width in widths) + "|")
-
-
-SIZE_TARGET = 0.27  # int8 files at most this share of the fp32 file
-
-
-def plot(report: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    entries = report["variants"]
-    labels = [entry["label"].replace(" ", "\n", 1) for entry in entries]
-    settings = report["settings"]
-    batches, thread_counts = settings["batch_sizes"], settings["threads"]
-    cells = [(threads, batch) for batch in batches for threads in thread_counts]
-    y = np.arange(len(entries))
-    fig, (ax_size, ax_time) = plt.subplots(
-        1,
-        2,
-        figsize=(14, 1.6 + 0.7 * len(entries)),
-        sharey=True,
-        gridspec_kw={"width_ratios": [1, 2.2]},
-    )
-
-    sizes = [entry["bytes"] / 1e6 for entry in entries]
-    bars = ax_size.barh(y, sizes, color="#4c72b0")
-    for bar, entry in zip(bars, entries, strict=True):
-        ax_size.text(
-            bar.get_width(),
-            bar.get_y() + bar.get_height() / 2,
-            f" {bar.get_width():.1f} MB, {entry['bytes_ratio_to_fp32']:.1%}",
-            va="center",
-            fontsize=8,
-        )
-    ax_size.axvline(sizes[0] * SIZE_TARGET, color="0.4", linestyle="--", linewidth=0.8)
-    ax_size.text(
-        sizes[0] * SIZE_TARGET,
-        len(entries) - 0.45,
-        f" {SIZE_TARGET:.0%} of fp32",
-        fontsize=7,
-        color="0.3",
-        va="bottom",
-    )
-    ax_size.set_xlabel("file size, MB (label: share of the fp32 file)")
-    ax_size.set_xlim(0, max(sizes) * 1.45)
-    ax_size.set_yticks(y, labels, fontsize=8)
-    ax_size.invert_yaxis()
-    ax_size.set_title("file size", fontsize=10)
-
-    height = 0.84 / len(cells)
-    blues, oranges = plt.get_cmap("Blues"), plt.get_cmap("Oranges")
-    ramps = [blues, oranges, plt.get_cmap("Greens"), plt.get_cmap("Purples")]
-    longest = 0.0
-    for k, (threads, batch) in enumerate(cells):
-        ramp = ramps[batches.index(batch) % len(ramps)]
-        shade = 0.8 - 0.35 * thread_counts.index(threads) / max(len(thread_counts) - 1, 1)
-        timings = [
-            next(t for t in entry["timings"] if (t["threads"], t["batch"]) == (threads, batch))
-            for entry in entries
-        ]
-        medians = [t["median_ms"] for t in timings]
-        p90s = [t["p90_ms"] for t in timings]
-        offset = (k - (len(cells) - 1) / 2) * height
-        ax_time.barh(
-            y + offset,
-            medians,
-            height,
-            color=ramp(shade),
-            label=f"batch {batch}, {threads} thread{'s' if threads > 1 else ''}",
-        )
-        ax_time.hlines(y + offset, medians, p90s, color="0.25", linewidth=0.6)
-        for row, (median, p90, t) in enumerate(zip(medians, p90s, timings, strict=True)):
-            text = (
-                f" {median:.3g} ms" if row == 0 else f" {median:.3g} ms  x{t['ratio_to_fp32']:.2f}"
-            )
-            ax_time.text(max(median, p90), y[row] + offset, text, va="center", fontsize=6)
-            longest = max(longest, p90)
-    ax_time.set_xscale("log")
-    ax_time.set_xlim(right=longest * 3.5)
-    ax_time.set_xlabel(
-        "latency per call, ms, log scale (bar: median, line: to p90; label: median, "
-        "x median / fp32 median)"
-    )
-    ax_time.grid(axis="x", which="both", alpha=0.3)
-    ax_time.set_title("ONNX Runtime latency, CPUExecutionProvider", fontsize=10)
-    handles, names = ax_time.get_legend_handles_labels()
-    fig.legend(handles, names, loc="lower center", ncol=len(cells), fontsize=8, frameon=False)
-
-    machine_info = report["machine"]
-    flags = [flag for flag, present in machine_info["cpu_flags"].items() if present]
-    fig.suptitle(
-        f"{report['model']}, every variant measured side by side: {machine_info['cpu_model']}, "
-        f"{machine_info['logical_cpus']} CPUs ({' '.join(flags)}), "
-        f"onnxruntime {report['software']['onnxruntime']}, "
-        f"{settings['rounds']} interleaved rounds x {settings['repeat']} calls per bar",
-        fontsize=9,
-    )
-    fig.tight_layout(rect=(0, 0.04, 1, 1))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 if __name__ == "__main__":
