@@ -35,7 +35,7 @@ class Metrics:
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "onnxforge_requests",
-            "Inference requests by model and gRPC status.",
+            "Inference requests by model and status (OK, or the error code as gRPC names it).",
             ["model", "status"],
             registry=self.registry,
         )

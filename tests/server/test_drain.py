@@ -5,7 +5,7 @@ each sending ModelInfer back to back on a connection of its own, 4 streams sendi
 request after the other, and one stream that waits after its first answer. SIGTERM is
 sent once every client has had an answer. Every request's outcome is then classified:
 an OK answer is held to the NumPy reference; a failure must be UNAVAILABLE from the
-draining servicer (no CANCELLED, no other status, no transport error). The server's final
+draining server (no CANCELLED, no other status, no transport error). The server's final
 line ("stopped: N answered during the drain, M refused UNAVAILABLE, K cut off") must agree
 with what the clients saw.
 """
@@ -187,7 +187,7 @@ def test_sigterm_answers_every_request_in_full_or_unavailable(tmp_path: Path, wo
     )
     assert code == 0, log
     assert len(stops) == workers, log
-    # Every answer is the reference's; every failure is the draining servicer's UNAVAILABLE:
+    # Every answer is the reference's; every failure is the draining server's UNAVAILABLE:
     # one per unary client (each stops at its refusal) and one per stream (ended by the drain).
     assert seen.wrong == 0
     assert seen.failures == {("UNAVAILABLE", REFUSAL): CLIENTS + STREAMS + 1}, log

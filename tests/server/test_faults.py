@@ -6,7 +6,7 @@ reference), *refused* with a status the scenario allows, and *lost* (anything el
 answer, another status, no answer). The numbers are printed (``pytest -s``) for the record.
 
 The in-process servers (``ServerThread``) let a test look inside after a fault: the
-service's ``in_flight`` counter, each batcher's queue, the batcher tasks alive on the
+data plane's ``in_flight`` counter (its drain), each batcher's queue, the batcher tasks alive on the
 server's loop, and how many times the ONNX Runtime session really ran (``SlowSession``).
 """
 
