@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shutil
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from onnxforge.client import InferenceClient
 from onnxforge.protocol.generated import inference_pb2 as pb
 from onnxforge.protocol.generated import inference_pb2_grpc as pb_grpc
 from onnxforge.server.app import Settings
-from tests.helpers import mlp_document
+from tests.helpers import mlp_document, wait_until
 from tests.server.conftest import ServerThread
 
 
@@ -29,15 +28,6 @@ def _spec(folder: Path, name: str, **overrides: Any) -> Path:
     path = folder / name / "spec.yaml"
     path.write_text(yaml.safe_dump(mlp_document(name=name, **overrides)))
     return path
-
-
-def _wait_until(check: Callable[[], bool], seconds: float = 30.0) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.05)
-    raise AssertionError("condition not reached in time")
 
 
 @pytest.fixture
@@ -169,7 +159,10 @@ def test_watch_reloads_a_changed_spec_without_failing_requests(
     try:
         _spec(repository, "alpha", seed=9)  # new weights
         after = reference.forward(load_spec(repository / "alpha" / "spec.yaml"), X)
-        _wait_until(lambda: bool(answers) and np.allclose(answers[-1], after, atol=1e-6))
+        wait_until(
+            lambda: bool(answers) and np.allclose(answers[-1], after, atol=1e-6),
+            "the new weights answer",
+        )
     finally:
         stop.set()
         thread.join(30)
@@ -184,7 +177,10 @@ def test_watch_keeps_the_old_version_when_a_reload_fails(
 ) -> None:
     good = reference.forward(load_spec(repository / "beta" / "spec.yaml"), X)
     (repository / "beta" / "1" / "model.onnx").write_bytes(b"garbage")
-    _wait_until(lambda: "load failed" in _index(watched.address)["beta"].reason)
+    wait_until(
+        lambda: "load failed" in _index(watched.address)["beta"].reason,
+        "the failed reload reported",
+    )
     entry = _index(watched.address)["beta"]
     assert entry.state == "READY" and "previous version still serving" in entry.reason
     with InferenceClient(watched.address) as client:
@@ -195,13 +191,14 @@ def test_watch_loads_new_models_and_unloads_removed_ones(
     watched: ServerThread, repository: Path
 ) -> None:
     _spec(repository, "gamma", seed=5)
-    _wait_until(
+    wait_until(
         lambda: (
             "gamma" in _index(watched.address) and _index(watched.address)["gamma"].state == "READY"
-        )
+        ),
+        "gamma loaded",
     )
     shutil.rmtree(repository / "alpha")
-    _wait_until(lambda: _index(watched.address)["alpha"].state == "UNAVAILABLE")
+    wait_until(lambda: _index(watched.address)["alpha"].state == "UNAVAILABLE", "alpha unloaded")
     assert _index(watched.address)["alpha"].reason == "removed from the repository"
     with InferenceClient(watched.address) as client:
         with pytest.raises(grpc.RpcError) as error:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,10 +22,11 @@ from onnxforge.builder import load_spec, reference
 from onnxforge.client import AsyncInferenceClient, InferenceClient
 from onnxforge.protocol.generated import inference_pb2 as pb
 from onnxforge.protocol.generated import inference_pb2_grpc as pb_grpc
-from tests.helpers import mlp_document
+from tests.helpers import mlp_document, wait_until
 from tests.server.processes import ServeProcess
 
 X = np.random.default_rng(4).normal(size=(6, 4)).astype(np.float32)
+WAIT = 60.0  # seconds: each wait may include a build of the spec
 PATTERN = r"serving \d+ model\(s\) from .* on 127\.0\.0\.1:(\d+)"
 
 
@@ -53,18 +53,6 @@ def _index(url: str) -> dict[str, tuple[str, str, list[str]]]:
             state, reason, versions = found.get(model.name, (model.state, model.reason, []))
             found[model.name] = (state, reason, [*versions, model.version])
         return found
-
-
-def _until(check: Callable[[], Any], what: str, seconds: float = 60.0) -> Any:
-    """Poll the observed state until ``check`` returns something true."""
-    deadline = time.monotonic() + seconds
-    last = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.1)
-    raise AssertionError(f"not reached in {seconds} s: {what} (last: {last})")
 
 
 def _answers(url: str, model: str, spec: Path, version: str = "") -> bool:
@@ -104,8 +92,10 @@ def test_watch_recovers_from_a_failed_build(watched: ServeProcess, repository: P
     good = spec.read_text()
     # A typo: the old version keeps serving, and the index says why nothing changed.
     _write(repository, "tiny", good.replace("activation: relu", "activaton: relu"))
-    state, reason, _ = _until(
-        lambda: (i := _index(watched.url)["tiny"])[1] and i, "the failed build is reported"
+    state, reason, _ = wait_until(
+        lambda: (i := _index(watched.url)["tiny"])[1] and i,
+        "the failed build is reported",
+        seconds=WAIT,
     )
     assert state == "READY" and "build failed" in reason and "activaton" in reason
     with InferenceClient(watched.url) as client:
@@ -113,7 +103,11 @@ def test_watch_recovers_from_a_failed_build(watched: ServeProcess, repository: P
     np.testing.assert_allclose(served, reference.forward(load_spec_text(good, repository), X), 1e-4)
     # Fixed and changed: the new network serves, as a new version, and the reason is gone.
     changed = _write(repository, "tiny", mlp_document(layers=_layers(20)))
-    _until(lambda: _answers(watched.url, "tiny", changed), "the fixed spec's network serves")
+    wait_until(
+        lambda: _answers(watched.url, "tiny", changed),
+        "the fixed spec's network serves",
+        seconds=WAIT,
+    )
     state, reason, versions = _index(watched.url)["tiny"]
     assert (state, reason, versions) == ("READY", "", ["2"])
 
@@ -130,16 +124,17 @@ def test_a_new_model_whose_first_spec_was_broken_serves_once_fixed(
 ) -> None:
     document = mlp_document(name="late", layers=_layers(8))
     _write(repository, "late", yaml.safe_dump(document).replace("units: 8", "units: -8"))
-    state, reason, _ = _until(
+    state, reason, _ = wait_until(
         lambda: (
             "build failed" in _index(watched.url).get("late", ("", "", []))[1]
             and _index(watched.url)["late"]
         ),
         "the watcher tried the new spec",
+        seconds=WAIT,
     )
     assert state == "UNAVAILABLE" and "units" in reason
     fixed = _write(repository, "late", document)
-    _until(lambda: _answers(watched.url, "late", fixed), "the fixed model serves")
+    wait_until(lambda: _answers(watched.url, "late", fixed), "the fixed model serves", seconds=WAIT)
     assert _index(watched.url)["late"][:2] == ("READY", "")
 
 
@@ -184,7 +179,9 @@ def test_under_watch_a_variant_follows_its_spec_or_stops_serving(
         # A new network: fp32 and fp16 both move to it (fp16 within its budget).
         document.update(layers=_layers(10, "tanh"))
         spec = _write(repository, "tiny", document)
-        _until(lambda: _answers(server.url, "tiny", spec), "fp32 follows the spec")
+        wait_until(
+            lambda: _answers(server.url, "tiny", spec), "fp32 follows the spec", seconds=WAIT
+        )
 
         def fp16_follows() -> bool:
             want = reference.forward(load_spec(spec), X)
@@ -195,13 +192,19 @@ def test_under_watch_a_variant_follows_its_spec_or_stops_serving(
                 return False
             return bool(np.allclose(got, want, atol=2e-3))
 
-        _until(fp16_follows, "fp16 follows the spec")
+        wait_until(fp16_follows, "fp16 follows the spec", seconds=WAIT)
         # A budget fp16 cannot meet: it stops serving instead of answering for an old spec.
         document.update(layers=_layers(14, "tanh"), budget={"fp16": {"max_abs": 0.0}})
         spec = _write(repository, "tiny", document)
-        _until(lambda: _index(server.url)["tiny-fp16"][0] == "UNAVAILABLE", "fp16 stops serving")
+        wait_until(
+            lambda: _index(server.url)["tiny-fp16"][0] == "UNAVAILABLE",
+            "fp16 stops serving",
+            seconds=WAIT,
+        )
         assert "refused" in _index(server.url)["tiny-fp16"][1]
-        _until(lambda: _answers(server.url, "tiny", spec), "fp32 still follows the spec")
+        wait_until(
+            lambda: _answers(server.url, "tiny", spec), "fp32 still follows the spec", seconds=WAIT
+        )
     finally:
         server.close()
 
