@@ -41,7 +41,7 @@ from onnxforge.protocol.generated import inference_pb2_grpc as pb_grpc
 from onnxforge.server.app import Settings
 from onnxforge.server.registry import State
 from tests.conftest import MODELS, REPO_ROOT
-from tests.helpers import mlp_document
+from tests.helpers import mlp_document, wait_until
 from tests.server.conftest import ServerThread
 from tests.server.processes import ServeProcess
 
@@ -51,15 +51,6 @@ X64 = np.random.default_rng(0).normal(size=(64, 4)).astype(np.float32)  # a full
 
 
 # ---------------------------------------------------------------------------- helpers
-
-
-def _wait_until(check: Callable[[], bool], seconds: float = WAIT, what: str = "") -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.01)
-    raise AssertionError(f"not reached in {seconds} s: {what or check}")
 
 
 def _write_atomically(path: Path, text: str) -> None:
@@ -197,6 +188,14 @@ def _thread_allowance(server: ServerThread) -> int:
         for entry in server.running.registry.entries.values()
         if entry.state == State.READY
         for version in entry.versions.values()
+    )
+
+
+def _nothing_replaced_left(server: ServerThread, threads_before: int) -> bool:
+    """Only READY versions have batcher tasks, and no more session threads than they may."""
+    alive = _model_threads() - threads_before
+    return _batcher_tasks(server) == _expected_batchers(server) and (
+        alive <= _thread_allowance(server)
     )
 
 
@@ -397,24 +396,28 @@ def test_unload_reload_and_watch_changes_under_traffic(tmp_path: Path) -> None:
     try:
         for thread in threads:
             thread.start()
-        _wait_until(lambda: all(tally.answered[n] >= 20 for n in paths), what="warm traffic")
+        wait_until(lambda: all(tally.answered[n] >= 20 for n in paths), "warm traffic")
         with grpc.insecure_channel(server.address) as channel:
             stub = pb_grpc.GRPCInferenceServiceStub(channel)
             for _round in range(2):
                 # alpha: unloaded (really gone for a while), then loaded again.
                 start = time.monotonic()
+                refused = tally.refused["alpha"]
                 stub.RepositoryModelUnload(
                     pb.RepositoryModelUnloadRequest(model_name="alpha"), timeout=WAIT
                 )
-                time.sleep(0.2)
+                wait_until(
+                    functools.partial(_more_than, tally.refused, "alpha", refused),
+                    "alpha refused while unloaded",
+                )
                 stub.RepositoryModelLoad(
                     pb.RepositoryModelLoadRequest(model_name="alpha"), timeout=WAIT
                 )
                 gone["alpha"].append((start, time.monotonic()))
                 seen = tally.answered["alpha"]
-                _wait_until(
+                wait_until(
                     functools.partial(_more_than, tally.answered, "alpha", seen + 20),
-                    what="alpha back",
+                    "alpha back",
                 )
                 # A load of a loaded model is a reload: nothing may fail.
                 stub.RepositoryModelLoad(
@@ -424,28 +427,28 @@ def test_unload_reload_and_watch_changes_under_traffic(tmp_path: Path) -> None:
         _tiny_spec(tmp_path, "beta", seed=7)
         outputs["beta"].append(beta_new)
         with InferenceClient(server.address) as client:
-            _wait_until(
+            wait_until(
                 lambda: np.allclose(client.infer("beta", {"x": x})["y"], beta_new, atol=1e-6),
-                what="beta rebuilt",
+                "beta rebuilt",
             )
         # gamma: removed from the repository, then put back.
         start = time.monotonic()
         shutil.rmtree(tmp_path / "gamma")
-        _wait_until(lambda: _index(server.address)["gamma"].state == "UNAVAILABLE")
+        wait_until(lambda: _index(server.address)["gamma"].state == "UNAVAILABLE", "gamma unloaded")
         seen = tally.refused["gamma"]
-        _wait_until(lambda: tally.refused["gamma"] > seen, what="gamma refused while gone")
+        wait_until(lambda: tally.refused["gamma"] > seen, "gamma refused while gone")
         _write_atomically(paths["gamma"], gamma_text)
-        _wait_until(lambda: _index(server.address)["gamma"].state == "READY", what="gamma back")
+        wait_until(lambda: _index(server.address)["gamma"].state == "READY", "gamma back")
         gone["gamma"].append((start, time.monotonic()))
         seen = tally.answered["gamma"]
-        _wait_until(lambda: tally.answered["gamma"] > seen + 20, what="gamma answering")
+        wait_until(lambda: tally.answered["gamma"] > seen + 20, "gamma answering")
     finally:
         stop.set()
         for thread in threads:
             thread.join(WAIT)
         elapsed = time.monotonic() - began
         try:
-            _wait_until(lambda: _settled(server), what="server settled")
+            wait_until(lambda: _settled(server), "server settled")
             leftover = _batcher_tasks(server), _expected_batchers(server)
             session_threads = _model_threads() - threads_before, _thread_allowance(server)
         finally:
@@ -495,9 +498,11 @@ def test_a_load_racing_an_unload_leaves_no_batcher_behind(tmp_path: Path) -> Non
     assert server.running is not None
     registry = server.running.registry
     opening = registry._open_versions
+    entered = threading.Event()  # the load is inside slow_open
 
     def slow_open(name: str) -> Any:
-        time.sleep(0.3)
+        entered.set()
+        time.sleep(0.3)  # a big model's files take this long: the unload arrives meanwhile
         return opening(name)
 
     stop = threading.Event()
@@ -518,17 +523,21 @@ def test_a_load_racing_an_unload_leaves_no_batcher_behind(tmp_path: Path) -> Non
             for _round in range(2):
                 stub.RepositoryModelLoad(load, timeout=WAIT)  # READY, whatever happened before
                 slow = _slow_down(server, "alpha", 0.1)
-                _wait_until(functools.partial(_ran, slow), what="the old version busy")
+                wait_until(functools.partial(_ran, slow), "the old version busy")
                 registry._open_versions = slow_open  # type: ignore[method-assign]
+                entered.clear()
                 try:
                     loading = stub.RepositoryModelLoad.future(load, timeout=WAIT)
-                    time.sleep(0.1)  # the load is opening files
+                    wait_until(entered.is_set, "the load is opening files")
                     unloading = stub.RepositoryModelUnload.future(unload, timeout=WAIT)
                     loading.result()
                     unloading.result()
                 finally:
                     registry._open_versions = opening  # type: ignore[method-assign]
-                time.sleep(0.1)
+                wait_until(
+                    lambda: _nothing_replaced_left(server, threads_before),
+                    "the replaced entry's batcher and session threads gone",
+                )
                 state = registry.entries["alpha"].state
                 session_threads = _model_threads() - threads_before, _thread_allowance(server)
                 outcomes.append(
@@ -580,7 +589,7 @@ def test_a_broken_spec_under_watch_keeps_the_old_version_serving(tmp_path: Path)
     try:
         for thread in threads:
             thread.start()
-        _wait_until(lambda: tally.answered["alpha"] >= 20, what="warm traffic")
+        wait_until(lambda: tally.answered["alpha"] >= 20, "warm traffic")
         assert server.running is not None
         entries = server.running.registry.entries
         original = entries["alpha"]
@@ -589,21 +598,21 @@ def test_a_broken_spec_under_watch_keeps_the_old_version_serving(tmp_path: Path)
         _write_atomically(path, yaml.safe_dump(broken))
         # The watcher has dealt with the change: the failure is recorded, or (as now) the
         # entry was replaced and the old files loaded again.
-        _wait_until(
+        wait_until(
             lambda: (
                 "dense-ish" in entries["alpha"].reason
                 or (entries["alpha"] is not original and entries["alpha"].state == State.READY)
             ),
-            what="the watcher handled the broken spec",
+            "the watcher handled the broken spec",
         )
         seen = tally.sent["alpha"]
-        _wait_until(lambda: tally.sent["alpha"] > seen + 50, what="traffic after the change")
+        wait_until(lambda: tally.sent["alpha"] > seen + 50, "traffic after the change")
     finally:
         stop.set()
         for thread in threads:
             thread.join(WAIT)
         try:
-            _wait_until(lambda: _settled(server), what="server settled")
+            wait_until(lambda: _settled(server), "server settled")
             index = _index(server.address)["alpha"]
             leftover = _batcher_tasks(server), _expected_batchers(server)
         finally:
@@ -718,14 +727,26 @@ def slow_server(tmp_path: Path) -> Iterator[tuple[ServerThread, SlowSession, np.
         server.stop()
 
 
-def _after_the_fault(server: ServerThread, slow: SlowSession, want: np.ndarray) -> None:
-    """Settled: nothing in flight or queued, statistics and index answer, a request works."""
-    _wait_until(lambda: _settled(server), what="in flight and queue back to 0")
-    runs = slow.runs
+def _after_the_fault(
+    server: ServerThread, slow: SlowSession, want: np.ndarray, runs: int | None = None
+) -> None:
+    """Settled: nothing in flight or queued, statistics and index answer, a request works.
+
+    The request goes through the same queue as everything before it, so its answer comes
+    after any leftover run: ``slow.runs == runs + 1`` then says nothing else ran (``runs``:
+    the session runs counted when the fault settled, if the caller took them).
+    """
+    wait_until(lambda: _settled(server), "in flight and queue back to 0")
+    runs = slow.runs if runs is None else runs
+    assert slow.runs == runs
     index = _index(server.address)
     assert index["alpha"].state == "READY"
-    stats = _statistics(server.address, "alpha")
-    assert stats.execution_count == runs  # every session run is counted, and nothing else
+    # A run still going when the fault settled is counted when it ends: every session run
+    # is counted, and nothing else.
+    wait_until(
+        lambda: _statistics(server.address, "alpha").execution_count == runs,
+        f"ModelStatistics counting the {runs} session run(s)",
+    )
     assert _batcher_tasks(server) == _expected_batchers(server) == ["batcher-alpha-0"]
     slow.delay = 0.0
     with InferenceClient(server.address) as client:
@@ -776,7 +797,7 @@ def test_a_client_that_disconnects_mid_request(
             stub.ModelInfer.future(infer_request("alpha", {"x": X64}), timeout=WAIT)
             for _ in range(count)
         ]
-        _wait_until(lambda: drain.in_flight == count, what="all requests in flight")
+        wait_until(lambda: drain.in_flight == count, "all requests in flight")
         runs_at_fault = slow.runs  # 1: the others wait behind a 0.4 s run
         channel.close()
         codes = Counter(call.exception().code().name for call in calls)
@@ -788,13 +809,13 @@ def test_a_client_that_disconnects_mid_request(
             stdout=subprocess.DEVNULL,
         )
         try:
-            _wait_until(lambda: drain.in_flight == count, what="all requests in flight")
+            wait_until(lambda: drain.in_flight == count, "all requests in flight")
             runs_at_fault = slow.runs
             process.kill()
         finally:
             process.kill()
             process.wait(WAIT)
-    _wait_until(lambda: _settled(server), what="in flight and queue back to 0")
+    wait_until(lambda: _settled(server), "in flight and queue back to 0")
     print(
         f"\n(d) {how}: sent {count}, answered 0, cut off {drain.cut_off - cut_before}, "
         f"session runs {slow.runs} (rows {slow.rows}); settled after "
@@ -839,9 +860,8 @@ def test_a_cancelled_stream_leaves_nothing_behind(
             with pytest.raises(grpc.RpcError) as error:
                 next(call)
             codes.append(error.value.code().name)
-    _wait_until(lambda: _settled(server), what="in flight and queue back to 0")
+    wait_until(lambda: _settled(server), "in flight and queue back to 0")
     runs = slow.runs
-    time.sleep(0.5)  # longer than one run: nothing still waiting to run later
     print(
         f"\n(d) stream cancelled: {streams} streams offered {sum(sent.values())} requests "
         f"(offered by the clients: {dict(sent)}), answered {len(answered)}, session runs {runs}; "
@@ -855,10 +875,9 @@ def test_a_cancelled_stream_leaves_nothing_behind(
             want,
             atol=1e-6,
         )
-    assert slow.runs == runs
     # At most one request per stream beyond the answered one reached the session.
     assert len(answered) <= runs <= len(answered) + streams
-    _after_the_fault(server, slow, want)
+    _after_the_fault(server, slow, want, runs)  # and nothing of the streams ran later
     # A new stream on the same server is served in full.
     with grpc.insecure_channel(server.address) as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
@@ -911,9 +930,10 @@ def _wave(address: str, clients: int, timeout: float) -> tuple[list[tuple[str, f
 def test_deadlines_against_a_slow_model(tmp_path: Path, batched: bool) -> None:
     """16 clients with a 0.2 s deadline against a model taking 0.5 s per run, twice.
 
-    Every client gets DEADLINE_EXCEEDED at its deadline (not after the run); requests whose
-    deadline passed while they waited (in the batcher's queue, or for a thread) are never
-    run; the queue empties and a normal request is answered at once afterwards.
+    Every client gets DEADLINE_EXCEEDED; requests whose deadline passed while they waited
+    (in the batcher's queue, or for a thread) are never run; the queue empties, and a request
+    sent after each wave (queued behind anything the wave left) is answered right and is the
+    only run after the wave's one.
     """
     serving = {"max_batch_size": 64 if batched else 0, "max_queue_delay_us": 500}
     path = _tiny_spec(tmp_path, "alpha", seed=1, serving=serving)
@@ -923,6 +943,7 @@ def test_deadlines_against_a_slow_model(tmp_path: Path, batched: bool) -> None:
     ).start()
     timeout, clients = 0.2, 16
     waves: list[dict[str, Any]] = []
+    answers: list[np.ndarray] = []
     try:
         assert server.running is not None
         version = server.running.registry.entries["alpha"].versions["1"]
@@ -931,46 +952,43 @@ def test_deadlines_against_a_slow_model(tmp_path: Path, batched: bool) -> None:
         for _ in range(2):
             runs_before = slow.runs
             results, last_deadline = _wave(server.address, clients, timeout)
-            _wait_until(lambda: _settled(server), what="queue empty, nothing in flight")
-            time.sleep(0.6)  # a run that would start late has had time to start
+            wait_until(lambda: _settled(server), "queue empty, nothing in flight")
+            # A probe queued behind whatever the wave left: it runs after any late run.
+            slow.delay = 0.0
+            with InferenceClient(server.address) as client:
+                answers.append(client.infer("alpha", {"x": X64}, timeout=WAIT)["y"])
+            slow.delay = 0.5
+            wave_runs = slow.started[runs_before:-1]
             waves.append(
                 {
                     "codes": Counter(code for code, _ in results),
                     "slowest_s": round(max(s for _, s in results), 3),
-                    "runs": slow.runs - runs_before,
+                    "runs": len(wave_runs),
                     # Runs that started after every client's deadline. Informational: the
                     # server's deadline starts when a request arrives, so it can be later.
-                    "runs_after_deadlines": sum(
-                        t > last_deadline for t in slow.started[runs_before:]
-                    ),
+                    "runs_after_deadlines": sum(t > last_deadline for t in wave_runs),
                 }
             )
-        slow.delay = 0.0
-        began = time.monotonic()
-        with InferenceClient(server.address) as client:
-            got = client.infer("alpha", {"x": X64}, timeout=5)["y"]
-        quick = time.monotonic() - began
         stats = _statistics(server.address, "alpha")
         settled = _settled(server)
         total_runs = slow.runs
     finally:
         server.stop()
     print(
-        f"\n(e) {'batched' if batched else 'unbatched'}: {waves}; then one request in "
-        f"{quick:.3f} s; session runs {total_runs}, ModelStatistics execution_count "
+        f"\n(e) {'batched' if batched else 'unbatched'}: {waves}; session runs {total_runs} "
+        f"(with one request after each wave), ModelStatistics execution_count "
         f"{stats.execution_count}"
     )
     for wave in waves:
         assert wave["codes"] == {"DEADLINE_EXCEEDED": clients}
-        # A pile-up would make the last of 16 clients wait 16 x 0.5 s; the margin is for noise.
-        assert wave["slowest_s"] < 2.0
     # One request per batch (batched) or one thread per instance (unbatched, instances 1):
-    # only the request running at the deadline ran; those waiting were dropped.
+    # only the request running at the deadline ran; those waiting were dropped, and none
+    # ran late (the request after the wave would have waited behind it).
     assert [wave["runs"] for wave in waves] == [1, 1]
-    np.testing.assert_allclose(got, want, atol=1e-6)
-    assert quick < 2.0  # not behind leftover runs of the expired requests (8 s if it were)
+    for got in answers:
+        np.testing.assert_allclose(got, want, atol=1e-6)
     assert settled
-    assert stats.inference_stats.success.count == 1
+    assert stats.inference_stats.success.count == len(answers) == 2
     assert stats.inference_stats.fail.count == 2 * clients
     assert stats.execution_count == total_runs  # runs whose client had left count too
 
@@ -989,9 +1007,12 @@ def test_statistics_count_the_runs_of_requests_whose_client_left(tmp_path: Path)
         with InferenceClient(server.address) as client, pytest.raises(grpc.RpcError) as error:
             client.infer("alpha", {"x": X64}, timeout=0.1)
         assert error.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-        _wait_until(lambda: _settled(server), what="settled")
-        time.sleep(0.4)  # the run has ended
-        stats = _statistics(server.address, "alpha")
+        wait_until(lambda: _settled(server), "settled")
+        # The run goes on after the client left; its end is counted once it is over.
+        stats = wait_until(
+            lambda: (found := _statistics(server.address, "alpha")).execution_count and found,
+            "the run of the request whose client left counted",
+        )
     finally:
         server.stop()
     print(f"\n(e) session runs {slow.runs}, execution_count {stats.execution_count}")
@@ -1042,14 +1063,14 @@ def test_a_slow_model_does_not_hold_up_another_model(tmp_path: Path) -> None:
             client.infer("beta", {"x": x})  # connected and warm
             for thread in threads:
                 thread.start()
-            _wait_until(lambda: drain.in_flight == backlog, what="the backlog in flight")
+            wait_until(lambda: drain.in_flight == backlog, "the backlog in flight")
             began = time.monotonic()
             got = client.infer("beta", {"x": x}, timeout=WAIT)["y"]
             waited = time.monotonic() - began
             runs_before_answer = slow.runs
         for thread in threads:
             thread.join(WAIT)
-        _wait_until(lambda: _settled(server), what="settled")
+        wait_until(lambda: _settled(server), "settled")
     finally:
         server.stop()
     print(
@@ -1061,4 +1082,3 @@ def test_a_slow_model_does_not_hold_up_another_model(tmp_path: Path) -> None:
     # Queued behind the backlog in a shared pool, the answer would come only after most of
     # the backlog ran; with a pool per model it comes while the first runs are still going.
     assert runs_before_answer < backlog // 2, (runs_before_answer, backlog)
-    assert waited < 2.0  # generous: noise, not the effect, decides how close this gets
