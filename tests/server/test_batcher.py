@@ -12,6 +12,7 @@ import pytest
 
 from onnxforge.server.batcher import Batcher, BatchStats
 from onnxforge.server.errors import Code, DeadlineExceeded, QueueFull
+from tests.helpers import wait_until_async
 
 WEIGHT = np.random.default_rng(0).normal(size=(3, 4))
 
@@ -98,7 +99,7 @@ def test_requests_queued_behind_a_running_batch_are_merged() -> None:
             asyncio.create_task(batcher.submit({"x": np.full((k, 3), k)}, ["total"]))
             for k in (1, 2, 3)
         ]
-        await asyncio.sleep(0.05)
+        await wait_until_async(lambda: batcher.queued == 3, "three requests queued")
         gate.open.set()
         results = await asyncio.gather(first, *waiting)
         assert [r["total"][:, 0].tolist() for r in results[1:]] == [[3.0], [6.0, 6.0], [9.0] * 3]
@@ -119,7 +120,7 @@ def test_queue_is_bounded() -> None:
         queued = [
             asyncio.create_task(batcher.submit({"x": np.ones((1, 3))}, ["total"])) for _ in range(2)
         ]
-        await asyncio.sleep(0.01)
+        await wait_until_async(lambda: batcher.queued == 2, "the queue full")
         with pytest.raises(QueueFull) as refused:
             await batcher.submit({"x": np.ones((1, 3))}, ["total"])
         assert refused.value.code == Code.RESOURCE_EXHAUSTED
@@ -138,12 +139,16 @@ def test_cancelled_and_expired_requests_leave_the_queue_unrun() -> None:
         gate.open.clear()
         running = asyncio.create_task(batcher.submit({"x": np.ones((1, 3))}, ["total"]))
         await asyncio.to_thread(gate.started.wait, 10)
+        deadline = time.monotonic() + 0.01
         cancelled = asyncio.create_task(batcher.submit({"x": np.ones((5, 3))}, ["total"]))
         expired = asyncio.create_task(
-            batcher.submit({"x": np.ones((7, 3))}, ["total"], deadline=time.monotonic() + 0.01)
+            batcher.submit({"x": np.ones((7, 3))}, ["total"], deadline=deadline)
         )
         kept = asyncio.create_task(batcher.submit({"x": np.ones((2, 3))}, ["total"]))
-        await asyncio.sleep(0.05)
+        await wait_until_async(
+            lambda: batcher.queued == 3 and time.monotonic() > deadline,
+            "three requests queued, one of them past its deadline",
+        )
         cancelled.cancel()
         gate.open.set()
         await running
@@ -178,12 +183,18 @@ def test_a_request_larger_than_the_batch_runs_alone_and_close_drains() -> None:
 
     async def scenario() -> None:
         batcher = Batcher("m", gate, max_batch_size=4, max_queue_delay_us=0)
+        gate.open.clear()
         tasks = [
             asyncio.create_task(batcher.submit({"x": np.ones((n, 3))}, ["total"]))
             for n in (10, 1, 1)
         ]
-        await asyncio.sleep(0)
-        await batcher.close()  # must finish what was queued
+        await asyncio.to_thread(gate.started.wait, 10)  # the 10 rows run, the others wait
+        await wait_until_async(lambda: batcher.queued == 2, "two requests queued")
+        closing = asyncio.create_task(batcher.close())  # must finish what was queued
+        await wait_until_async(lambda: batcher._closing, "close() begun, two requests queued")
+        assert batcher.queued == 2
+        gate.open.set()
+        await closing
         assert [len((await t)["total"]) for t in tasks] == [10, 1, 1]
 
     asyncio.run(scenario())

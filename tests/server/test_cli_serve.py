@@ -6,7 +6,6 @@ import json
 import re
 import shutil
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ import pytest
 
 from onnxforge.builder import load_spec, reference
 from tests.conftest import MODELS
+from tests.helpers import wait_until
 from tests.server.processes import ServeProcess
 
 
@@ -109,8 +109,7 @@ def test_sigterm_finishes_in_flight_requests_and_exits_0(serving: ServeProcess) 
     threads = [threading.Thread(target=client, args=(seed,)) for seed in range(6)]
     for thread in threads:
         thread.start()
-    while len(answered) < 20:
-        time.sleep(0.01)
+    wait_until(lambda: len(answered) >= 20, "20 answers before SIGTERM")
     code = serving.stop()
     for thread in threads:
         thread.join(60)

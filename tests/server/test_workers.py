@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +20,7 @@ from onnxforge.protocol.generated import inference_pb2_grpc as pb_grpc
 from onnxforge.server.peers import PEER_HEADER
 from onnxforge.server.security import INTERNAL_TOKEN_ENV
 from tests.conftest import MODELS
+from tests.helpers import wait_until
 from tests.server.processes import ServeProcess
 
 PEER_TOKEN = "peer-token-for-tests"
@@ -165,10 +165,7 @@ def test_workers_exit_when_the_parent_is_killed(tmp_path: Path) -> None:
         assert len(pids) == 2
         server.process.kill()  # SIGKILL: the parent cannot tell its workers anything
         server.process.wait(30)
-        deadline = time.monotonic() + 60
-        while any(_running(pid) for pid in pids) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not any(_running(pid) for pid in pids), "a worker outlived its parent"
+        wait_until(lambda: not any(_running(pid) for pid in pids), "the workers exit", seconds=60)
         server.closed.wait(30)
         assert "the parent process is gone: shutting down" in "".join(server.lines)
     finally:
