@@ -74,10 +74,11 @@ from typing import Any
 
 import onnx
 from onnx import TensorProto
-from onnx.external_data_helper import uses_external_data
 
 from onnxforge.builder import metadata
 from onnxforge.builder.errors import ArtifactError
+from onnxforge.builder.onnxfile import read
+from onnxforge.builder.onnxgraph import graph_inputs, opsets, value_dims
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = 1
@@ -134,7 +135,8 @@ def export_edge(
         raise ValueError(f"optimization_style must be one of {OPTIMIZATION_STYLES}")
     model_path = Path(model_path)
     out_dir = Path(os.path.abspath(out_dir))
-    source, model = _read_source(model_path)
+    file = read(model_path)  # external data brought in: the converter reads one file
+    source, model = file.data, file.model
     name = edge_name(model_path)
     props = metadata.props(model)
     accuracy = _json_prop(model_path, props, metadata.ACCURACY)
@@ -169,10 +171,10 @@ def export_edge(
                     "ort": _file_entry(ort_file.name, ort_file.read_bytes()),
                     "required_operators": _file_entry(config_file.name, config_file.read_bytes()),
                 },
-                "inputs": _tensors(_graph_inputs(model)),
+                "inputs": _tensors(graph_inputs(model)),
                 "outputs": _tensors(list(model.graph.output)),
-                "opset": _opsets(model).get("ai.onnx"),
-                "opset_imports": _opsets(model),
+                "opset": opsets(model).get("ai.onnx"),
+                "opset_imports": opsets(model),
                 "ir_version": model.ir_version,
                 "metadata": {
                     key: value
@@ -207,31 +209,7 @@ def export_edge(
     return manifest
 
 
-# ------------------------------------------------------------------ reading the source
-
-
-def _read_source(path: Path) -> tuple[bytes, onnx.ModelProto]:
-    if not path.is_file():
-        raise ArtifactError(f"{path}: no such model file")
-    try:
-        data = path.read_bytes()
-    except OSError as error:
-        raise ArtifactError(f"{path}: cannot be read: {error.strerror}") from None
-    model = onnx.ModelProto()
-    try:
-        model.ParseFromString(data)
-    except Exception:
-        raise ArtifactError(f"{path}: not an ONNX model (the bytes do not parse)") from None
-    if model.ir_version <= 0 or not model.HasField("graph") or not model.opset_import:
-        raise ArtifactError(f"{path}: not an ONNX model (no IR version, graph or opset)")
-    if any(uses_external_data(tensor) for tensor in model.graph.initializer):
-        # The converter reads one file: bring the weights in beside the graph.
-        try:
-            model = onnx.load(str(path))
-        except Exception as error:
-            raise ArtifactError(f"{path}: its external data cannot be read: {error}") from None
-        data = model.SerializeToString()
-    return data, model
+# ------------------------------------------------------------------ describing the source
 
 
 def _json_prop(path: Path, props: dict[str, str], key: str) -> dict[str, Any] | None:
@@ -246,11 +224,6 @@ def _json_prop(path: Path, props: dict[str, str], key: str) -> dict[str, Any] | 
     return value
 
 
-def _graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
-    initializers = {tensor.name for tensor in model.graph.initializer}
-    return [value for value in model.graph.input if value.name not in initializers]
-
-
 def _tensors(values: list[onnx.ValueInfoProto]) -> list[dict[str, Any]]:
     described = []
     for value in values:
@@ -260,14 +233,8 @@ def _tensors(values: list[onnx.ValueInfoProto]) -> list[dict[str, Any]]:
             dtype, datatype = _DTYPES.get(
                 tensor.elem_type, (TensorProto.DataType.Name(tensor.elem_type).lower(), None)
             )
-            dims: list[int | str] | None = None
-            if tensor.HasField("shape"):
-                dims = [
-                    dim.dim_value
-                    if dim.HasField("dim_value")
-                    else (dim.dim_param if dim.HasField("dim_param") else -1)
-                    for dim in tensor.shape.dim
-                ]
+            stated = value_dims(value)
+            dims = None if stated is None else [-1 if d is None else d for d in stated]
             entry.update(
                 dtype=dtype,
                 datatype=datatype,
@@ -278,10 +245,6 @@ def _tensors(values: list[onnx.ValueInfoProto]) -> list[dict[str, Any]]:
             entry.update(dtype=None, datatype=None, dims=None, shape=None)
         described.append(entry)
     return described
-
-
-def _opsets(model: onnx.ModelProto) -> dict[str, int]:
-    return {(entry.domain or "ai.onnx"): entry.version for entry in model.opset_import}
 
 
 def _file_entry(name: str, data: bytes) -> dict[str, Any]:
@@ -410,7 +373,7 @@ def _check_loads(path: Path, ort_file: Path, model: onnx.ModelProto) -> None:
         raise ArtifactError(
             f"{path}: the converted .ort file does not load: {_one_line(error)}"
         ) from None
-    expected = ([v.name for v in _graph_inputs(model)], [v.name for v in model.graph.output])
+    expected = ([v.name for v in graph_inputs(model)], [v.name for v in model.graph.output])
     found = ([v.name for v in loaded.get_inputs()], [v.name for v in loaded.get_outputs()])
     if found != expected:
         raise ArtifactError(

@@ -25,9 +25,8 @@ from pathlib import Path
 
 import onnx
 
-from onnxforge.builder import metadata
+from onnxforge.builder import metadata, onnxfile
 from onnxforge.builder.accuracy import Report, budget_for
-from onnxforge.builder.errors import ArtifactError
 from onnxforge.builder.graph import build
 from onnxforge.builder.layout import CONFIG_FILE, model_name, model_path, version_path, versions
 from onnxforge.builder.quantize import QuantizeOptions
@@ -250,13 +249,9 @@ def _umask() -> int:
 
 
 def read_model(path: Path) -> onnx.ModelProto:
-    """Load a built file, or say clearly why it cannot be."""
-    if not path.is_file():
-        raise ArtifactError(f"{path}: not built (run `onnxforge build` first)")
-    try:
-        return onnx.load(str(path))
-    except Exception as error:
-        raise ArtifactError(f"{path}: not a readable ONNX model: {error}") from None
+    """Load a file of the repository, or say on one line why it cannot be (a missing file is
+    one not built yet)."""
+    return onnxfile.read(path, built=True).model
 
 
 def staleness(model: onnx.ModelProto, spec: Spec) -> str | None:

@@ -40,6 +40,7 @@ from onnxforge.builder.accuracy import (
 )
 from onnxforge.builder.errors import SpecError
 from onnxforge.builder.graph import layer_prefix
+from onnxforge.builder.onnxgraph import graph_inputs, value_dims
 from onnxforge.builder.quantize import QuantizeOptions, quantize
 from onnxforge.builder.samples import describe_distribution, load_inputs, load_rows, sample_inputs
 from onnxforge.builder.schema import Budget
@@ -278,8 +279,7 @@ class ForeignInput:
 
     @classmethod
     def of(cls, model: onnx.ModelProto, file: str) -> ForeignInput:
-        initializers = {init.name for init in model.graph.initializer}
-        inputs = [info for info in model.graph.input if info.name not in initializers]
+        inputs = graph_inputs(model)
         if len(inputs) != 1:
             raise SpecError(
                 file,
@@ -287,10 +287,10 @@ class ForeignInput:
                 "",
                 f"has {len(inputs)} inputs; quantize takes models with exactly one float32 input",
             )
-        tensor = inputs[0].type.tensor_type
-        if tensor.elem_type != onnx.TensorProto.FLOAT:
+        if inputs[0].type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
             raise SpecError(file, "", "", f"input '{inputs[0].name}' is not float32")
-        dims = [dim.dim_value if dim.HasField("dim_value") else None for dim in tensor.shape.dim]
+        # A symbolic dimension ("N") is as open as one without a name.
+        dims = [d if isinstance(d, int) else None for d in value_dims(inputs[0]) or ()]
         if not dims:
             raise SpecError(file, "", "", f"input '{inputs[0].name}' has no batch dimension")
         return cls(inputs[0].name, tuple(dims[1:]))

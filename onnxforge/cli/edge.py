@@ -10,23 +10,6 @@ import click
 from onnxforge.cli.common import json_option, repository_option
 
 
-def resolve_model(model: str, repository: Path) -> Path:
-    """MODEL is a file path, or the name of a model in the repository (its version 1)."""
-    from onnxforge.builder.errors import ArtifactError
-    from onnxforge.builder.repository import model_path
-
-    path = Path(model)
-    if path.is_file() or path.suffix == ".onnx" or len(path.parts) != 1:
-        return path
-    in_repository = model_path(repository, model)
-    if in_repository.is_file():
-        return in_repository
-    raise ArtifactError(
-        f"{model}: no such file, and no model of that name in {repository}/ "
-        f"(looked for {in_repository})"
-    )
-
-
 @click.command("export-edge")
 @click.argument("model")
 @click.option(
@@ -72,8 +55,9 @@ def export_edge(
     """
     from onnxforge.builder.edge import MANIFEST
     from onnxforge.builder.edge import export_edge as export
+    from onnxforge.builder.onnxfile import locate
 
-    source = resolve_model(model, repository)
+    source = locate(model, repository)
     manifest = export(source, out_dir, target_platform, optimization_style)
     if as_json:
         click.echo(json.dumps(manifest, indent=2, sort_keys=True))

@@ -73,8 +73,9 @@ def quantize(
     and all of --validation; rows are drawn from a standard normal distribution only for
     what neither gives.
     """
+    from onnxforge.builder.onnxfile import read
     from onnxforge.builder.quantize import QuantizeOptions
-    from onnxforge.builder.repository import read_model, write_file
+    from onnxforge.builder.repository import write_file
     from onnxforge.builder.variants import (
         foreign_rows,
         foreign_warning,
@@ -83,7 +84,7 @@ def quantize(
     )
 
     budget = _budget(budget_pairs, variant)
-    fp32 = read_model(model)
+    fp32 = read(model).model
     options = QuantizeOptions(
         method=calibration_method or "minmax",
         per_channel=bool(per_channel),

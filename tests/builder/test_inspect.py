@@ -7,7 +7,7 @@ import math
 import struct
 import sys
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -16,10 +16,8 @@ import matplotlib.image
 import numpy as np
 import onnx
 import pytest
-from click.testing import CliRunner, Result
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxforge import cli as cli_module
 from onnxforge.builder import build, load_spec, metadata, reference, runtime
 from onnxforge.builder.accuracy import figures
 from onnxforge.builder.graph import layer_prefix
@@ -27,22 +25,34 @@ from onnxforge.builder.quantize import quantize
 from onnxforge.builder.repository import model_path
 from onnxforge.builder.spec import Spec
 from onnxforge.builder.summary import summarize
-from onnxforge.cli.inspect import inspect
 from tests.conftest import MODELS, CliResult
 
 DIGITS = MODELS / "digits-mlp" / "spec.yaml"
 
 
-def invoke(*args: str | Path) -> Result:
-    result = CliRunner().invoke(inspect, [str(arg) for arg in args], catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    return result
+Inspect = Callable[..., str]
 
 
-def as_json(*args: str | Path) -> dict[str, Any]:
-    document = json.loads(invoke(*args, "--json").output)
-    assert isinstance(document, dict)
-    return document
+@pytest.fixture
+def invoke(run_cli: Callable[..., CliResult]) -> Inspect:
+    """``onnxforge inspect ARGS...`` through the command line; its stdout (exit code 0)."""
+
+    def run(*args: str | Path) -> str:
+        result = run_cli("inspect", *args)
+        assert result.code == 0, result
+        return result.out
+
+    return run
+
+
+@pytest.fixture
+def as_json(invoke: Inspect) -> Callable[..., dict[str, Any]]:
+    def run(*args: str | Path) -> dict[str, Any]:
+        document = json.loads(invoke(*args, "--json"))
+        assert isinstance(document, dict)
+        return document
+
+    return run
 
 
 @pytest.fixture(scope="module")
@@ -136,8 +146,8 @@ def test_spec_rows_and_totals_are_counted_from_its_shapes(digits: Spec) -> None:
     assert summary.spec_sha256 == digits.sha256
 
 
-def test_spec_table_shows_the_layers_and_totals(digits: Spec) -> None:
-    text = invoke(DIGITS).output
+def test_spec_table_shows_the_layers_and_totals(digits: Spec, invoke: Inspect) -> None:
+    text = invoke(DIGITS)
     lines = text.splitlines()
     hidden = next(line for line in lines if line.startswith("│ hidden"))
     assert [cell.strip() for cell in hidden.strip("│").split("│")] == [
@@ -230,7 +240,10 @@ def test_fp32_file_has_the_spec_totals(digits: Spec, fp32_file: Path) -> None:
 
 
 def test_int8_variant_counts_one_byte_per_weight_and_shows_recorded_accuracy(
-    fp32_file: Path, int8_file: tuple[Path, dict[str, Any]]
+    fp32_file: Path,
+    int8_file: tuple[Path, dict[str, Any]],
+    invoke: Inspect,
+    as_json: Callable[..., dict[str, Any]],
 ) -> None:
     path, accuracy = int8_file
     fp32 = summarize(fp32_file).totals
@@ -252,7 +265,7 @@ def test_int8_variant_counts_one_byte_per_weight_and_shows_recorded_accuracy(
     assert document["accuracy"] == recorded == json.loads(json.dumps(accuracy))
     assert document["quantization"] == {"variant": "int8-dynamic", "per_channel": False}
 
-    text = invoke(path).output
+    text = invoke(path)
     assert "variant        int8-dynamic" in text
     table = text.split("recorded accuracy vs fp32 on 64 held-out rows")[1]
     for name, measured in accuracy["outputs"].items():
@@ -263,7 +276,9 @@ def test_int8_variant_counts_one_byte_per_weight_and_shows_recorded_accuracy(
     assert "≥ 0.99" in budget and "≥ 0.95" in budget
 
 
-def test_model_name_is_looked_up_in_the_repository(fp32_file: Path, tmp_path: Path) -> None:
+def test_model_name_is_looked_up_in_the_repository(
+    fp32_file: Path, tmp_path: Path, as_json: Callable[..., dict[str, Any]]
+) -> None:
     target = model_path(tmp_path, "digits-mlp")
     target.parent.mkdir(parents=True)
     target.write_bytes(fp32_file.read_bytes())
@@ -300,7 +315,9 @@ def foreign_model() -> onnx.ModelProto:
     return model
 
 
-def test_file_not_built_by_onnxforge_gets_one_row_per_node(tmp_path: Path) -> None:
+def test_file_not_built_by_onnxforge_gets_one_row_per_node(
+    tmp_path: Path, invoke: Inspect, as_json: Callable[..., dict[str, Any]]
+) -> None:
     path = tmp_path / "torch.onnx"
     onnx.save(foreign_model(), str(path))
     document = as_json(path)
@@ -320,7 +337,7 @@ def test_file_not_built_by_onnxforge_gets_one_row_per_node(tmp_path: Path) -> No
     assert document["totals"]["bytes_by_dtype"] == {"float32": 4 * (8 * 5 + 8 + 3 * 8)}
     assert (document["opset"], document["producer"], document["variant"]) == (17, "pytorch", None)
     assert document["accuracy"] is None
-    text = invoke(path).output
+    text = invoke(path)
     assert "one row per node" in text
     assert "│ /fc2/Gemm [b] " in text  # names are shown as written, not read as markup
 
@@ -328,9 +345,9 @@ def test_file_not_built_by_onnxforge_gets_one_row_per_node(tmp_path: Path) -> No
 # ------------------------------------------------------------------ pictures
 
 
-def test_graph_png_is_a_png(tmp_path: Path, fp32_file: Path) -> None:
+def test_graph_png_is_a_png(tmp_path: Path, fp32_file: Path, invoke: Inspect) -> None:
     picture = tmp_path / "digits.png"
-    output = invoke(fp32_file, "--graph", picture).output
+    output = invoke(fp32_file, "--graph", picture)
     assert f"graph: {picture}" in output
     data = picture.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
@@ -340,7 +357,9 @@ def test_graph_png_is_a_png(tmp_path: Path, fp32_file: Path) -> None:
     assert (pixels[..., :3] < 0.5).any()  # something is drawn on the white page
 
 
-def test_graph_svg_is_xml_naming_every_layer(tmp_path: Path, digits: Spec) -> None:
+def test_graph_svg_is_xml_naming_every_layer(
+    tmp_path: Path, digits: Spec, as_json: Callable[..., dict[str, Any]]
+) -> None:
     picture = tmp_path / "digits.svg"
     document = as_json(DIGITS, "--graph", picture)
     assert document["graph"] == str(picture)
@@ -352,7 +371,7 @@ def test_graph_svg_is_xml_naming_every_layer(tmp_path: Path, digits: Spec) -> No
     assert "2,080 params · 2,048 mult-adds" in texts
 
 
-def test_graph_of_a_long_file_is_cut_short(tmp_path: Path) -> None:
+def test_graph_of_a_long_file_is_cut_short(tmp_path: Path, invoke: Inspect) -> None:
     nodes = [helper.make_node("Relu", [f"t{i}"], [f"t{i + 1}"]) for i in range(130)]
     graph = helper.make_graph(
         nodes,
@@ -373,13 +392,6 @@ def test_graph_of_a_long_file_is_cut_short(tmp_path: Path) -> None:
 # ------------------------------------------------------------------ errors
 
 
-@pytest.fixture
-def registered(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """``onnxforge inspect`` through ``onnxforge.cli.main``, registered or not yet."""
-    monkeypatch.setitem(cli_module.cli.commands, "inspect", inspect)
-    yield
-
-
 def _fails(run_cli: Callable[..., CliResult], *args: str | Path) -> str:
     result = run_cli("inspect", *args)
     assert result.code == 2, result
@@ -389,18 +401,17 @@ def _fails(run_cli: Callable[..., CliResult], *args: str | Path) -> str:
     return lines[0]
 
 
-@pytest.mark.usefixtures("registered")
 def test_errors_are_one_line_and_exit_2(
     run_cli: Callable[..., CliResult], tmp_path: Path, fp32_file: Path
 ) -> None:
-    assert "missing.onnx: no such file" in _fails(run_cli, tmp_path / "missing.onnx")
+    assert "missing.onnx: file not found" in _fails(run_cli, tmp_path / "missing.onnx")
     assert "missing.yaml: file not found" in _fails(run_cli, tmp_path / "missing.yaml")
     garbage = tmp_path / "garbage.onnx"
     garbage.write_bytes(b"\xff\xfe not a model")
-    assert "garbage.onnx: not an ONNX model" in _fails(run_cli, garbage)
+    assert "garbage.onnx: not a readable ONNX model" in _fails(run_cli, garbage)
     text = tmp_path / "notes.txt"
     text.write_text("hello")
-    assert "notes.txt: not an ONNX model" in _fails(run_cli, text)
+    assert "notes.txt: not a readable ONNX model" in _fails(run_cli, text)
     bad_spec = tmp_path / "spec.yaml"
     bad_spec.write_text("name: [unclosed\n")
     assert "spec.yaml: not valid YAML" in _fails(run_cli, bad_spec)
@@ -411,7 +422,6 @@ def test_errors_are_one_line_and_exit_2(
     assert not (tmp_path / "graph.jpg").exists()
 
 
-@pytest.mark.usefixtures("registered")
 def test_graph_without_matplotlib_says_what_to_install(
     run_cli: Callable[..., CliResult], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
