@@ -16,21 +16,27 @@ from typing import Any
 from onnxforge.builder.layout import PLATFORM
 from onnxforge.builder.schema import VersionPolicy
 from onnxforge.builder.spec import Spec
-
-# The protocol's and Triton's name for each ONNX element type we produce.
-TRITON_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "int64": "TYPE_INT64"}
+from onnxforge.protocol.datatypes import from_numpy
 
 
-def _tensor(name: str, shape: tuple[int, ...], batched: bool) -> str:
+def _tensor(name: str, shape: tuple[int, ...], batched: bool, dtype: str = "float32") -> str:
     # With max_batch_size > 0 Triton adds the batch dimension itself; with 0 it must be listed.
     dims = shape if batched else (-1, *shape)
     return (
         "  {\n"
         f'    name: "{name}"\n'
-        f"    data_type: {TRITON_TYPES['float32']}\n"
+        f"    data_type: {_triton_type(dtype)}\n"
         f"    dims: [ {', '.join(str(d) for d in dims)} ]\n"
         "  }"
     )
+
+
+def _triton_type(dtype: str) -> str:
+    """Triton's ``DataType`` for a NumPy dtype (specs take and give float32: TYPE_FP32)."""
+    row = from_numpy(dtype)
+    if row is None:
+        raise ValueError(f"NumPy dtype {dtype} has no protocol datatype")
+    return row.triton_type
 
 
 def config_pbtxt(spec: Spec, model_name: str | None = None) -> str:
@@ -43,7 +49,7 @@ def config_pbtxt(spec: Spec, model_name: str | None = None) -> str:
         f'platform: "{PLATFORM}"',
         f"max_batch_size: {serving.max_batch_size}",
         "input [",
-        _tensor(spec.input_name, spec.input_shape, batched),
+        _tensor(spec.input_name, spec.input_shape, batched, spec.document.input.dtype),
         "]",
         "output [",
         ",\n".join(_tensor(name, shape, batched) for name, shape in outputs),
