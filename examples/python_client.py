@@ -7,8 +7,9 @@ Start a server in one terminal, then run this script in another::
 
 It asks the server for the model's metadata, sends a few held-out rows of
 ``models/digits-mlp/heldout.npz`` (8x8 images as 64 floats, with their true labels), prints
-the predicted and true label of each row and the accuracy, then sends the same rows again
-with the asyncio client, a few requests at once.
+the predicted and true label of each row and the accuracy, shows the typed error of a
+request for a model the server does not have, then sends the same rows again with the
+asyncio client, a few requests at once.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from onnxforge.client import AsyncInferenceClient, InferenceClient
+from onnxforge.client import AsyncInferenceClient, InferenceClient, ModelNotFound
 
 HELDOUT = Path(__file__).resolve().parent.parent / "models" / "digits-mlp" / "heldout.npz"
 
@@ -38,8 +39,11 @@ def sync_example(url: str, model: str, x: np.ndarray, y: np.ndarray) -> None:
     with InferenceClient(url) as client:
         print(f"server live: {client.live()}, model {model} ready: {client.ready(model)}")
 
-        # Metadata: the names, datatypes and shapes (-1 = any batch size) the model takes.
-        metadata = client.metadata(model)
+        # Metadata: the names, datatypes and shapes (-1 = any batch size) the model takes,
+        # with what onnxforge adds: the variant (fp32, fp16, int8-...) and the spec's hash.
+        info = client.model_info(model)
+        print(f"variant: {info.variant}")
+        metadata = info.metadata
         for tensor in metadata.inputs:
             print(f"input  {tensor.name}: {tensor.datatype} {list(tensor.shape)}")
         for tensor in metadata.outputs:
@@ -51,6 +55,12 @@ def sync_example(url: str, model: str, x: np.ndarray, y: np.ndarray) -> None:
         probabilities = outputs["probabilities"]  # shape (rows, 10)
         predicted = probabilities.argmax(axis=1)
         report(predicted, y, probabilities.max(axis=1))
+
+        # A failed call raises a typed error carrying the status code (here NOT_FOUND).
+        try:
+            client.infer("no-such-model", {"x": x})
+        except ModelNotFound as error:
+            print(f"no-such-model: {error.code}")
 
 
 async def async_example(url: str, model: str, x: np.ndarray, y: np.ndarray) -> None:

@@ -55,13 +55,13 @@ async def model_inputs(
     client: AsyncInferenceClient, model: str, rows: int, seed: int = 0
 ) -> dict[str, np.ndarray]:
     """Random inputs shaped from the model's metadata (the batch dimension set to ``rows``)."""
-    from onnxforge.server import convert
+    from onnxforge.protocol.datatypes import datatype
 
     meta = await client.metadata(model)
     rng = np.random.default_rng(seed)
     inputs = {}
     for tensor in meta.inputs:
-        row = convert.datatype(tensor.datatype)
+        row = datatype(tensor.datatype)
         if row is None or row.dtype.kind not in "fiu":
             raise ValueError(
                 f"input '{tensor.name}' has datatype {tensor.datatype}; "

@@ -315,18 +315,19 @@ def infer(
     as_json: bool,
 ) -> None:
     """Send one inference request and print the outputs."""
-    import grpc
     import numpy as np
 
-    from onnxforge.client import InferenceClient
+    from onnxforge.client import InferenceClient, InferenceServerError
 
     arrays = _named_arrays(inputs)
     reach = connection(url, tls_ca, tls_cert, tls_key, token_file)
     with InferenceClient(**vars(reach)) as client:
         try:
             results = client.infer(model, arrays, outputs, model_version, timeout=timeout)
-        except grpc.RpcError as error:
-            raise click.ClickException(f"{error.code().name}: {error.details()}") from None
+        except InferenceServerError as error:
+            raise click.ClickException(str(error)) from None
+        except ValueError as error:  # an array the protocol cannot carry, named by input
+            raise click.UsageError(str(error)) from None
     if save is not None:
         save.mkdir(parents=True, exist_ok=True)
         for name, array in results.items():
@@ -400,9 +401,8 @@ def bench(
     as_json: bool,
 ) -> None:
     """Load a running server: throughput and p50/p90/p99 latency per concurrency."""
-    import grpc
-
     from onnxforge.bench import levels_table, plot_levels, run_level
+    from onnxforge.client import InferenceServerError
 
     reach = connection(url, tls_ca, tls_cert, tls_key, token_file)
     levels = []
@@ -412,8 +412,8 @@ def bench(
             step(f"{clients} client(s), {duration:g} s")
             try:
                 levels.append(asyncio.run(run_level(reach, model, clients, duration, rows)))
-            except grpc.aio.AioRpcError as error:
-                raise click.ClickException(f"{error.code().name}: {error.details()}") from None
+            except InferenceServerError as error:
+                raise click.ClickException(str(error)) from None
     if plot_file is not None:
         plot_levels(levels, model, str(plot_file))
     if as_json:

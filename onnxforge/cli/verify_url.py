@@ -27,6 +27,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from onnxforge.cli.common import EXIT_FAILED, SPEC_PATTERNS, console, progress
+from onnxforge.protocol.headers import SPEC_SHA256 as SPEC_HEADER
 
 if TYPE_CHECKING:
     from onnxforge.builder.accuracy import Report
@@ -37,8 +38,6 @@ if TYPE_CHECKING:
 DEFAULT_PORT = 8001
 ROWS_PER_REQUEST = 64  # at most; fewer when the model's max batch size is smaller
 TIMEOUT = 30.0  # seconds per call
-SPEC_HEADER = "x-onnxforge-spec-sha256"
-VARIANT_HEADER = "x-onnxforge-variant"
 OLDER = "older spec, kept by version_policy"
 SAME = "same spec, kept by version_policy"
 
@@ -104,11 +103,14 @@ def verify_url(
     as_json: bool,
 ) -> None:
     """Check a running server; exit 1 on any failure, 2 when it cannot be asked at all."""
-    import grpc
-
     from onnxforge.builder import verify as checks
     from onnxforge.cli.serve import connection
-    from onnxforge.client import InferenceClient
+    from onnxforge.client import (
+        DeadlineExceeded,
+        InferenceClient,
+        InferenceServerError,
+        Unavailable,
+    )
 
     if url is None:
         raise click.UsageError("--tls-ca, --tls-cert, --tls-key and --token-file need --url")
@@ -125,13 +127,12 @@ def verify_url(
     with client:
         try:
             index = client.repository_index(timeout=TIMEOUT)
-        except grpc.RpcError as error:
-            code = error.code()
-            if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                raise click.ClickException(
-                    f"cannot reach the server at {address}: {error.details()}"
-                ) from None
-            raise click.ClickException(f"{address}: {code.name}: {error.details()}") from None
+        except (Unavailable, DeadlineExceeded) as error:
+            raise click.ClickException(
+                f"cannot reach the server at {address}: {error.message}"
+            ) from None
+        except InferenceServerError as error:
+            raise click.ClickException(f"{address}: {error}") from None
         states: dict[str, str] = {}  # model -> its state, with the reason when there is one
         for entry in index:
             reason = f" ({entry.reason})" if entry.reason else ""
@@ -227,9 +228,8 @@ class _Checker:
         return self._rows[path]
 
     def check(self, name: str, named: bool, state: str | None) -> Result:
-        import grpc
-
         from onnxforge.builder.repository import model_name
+        from onnxforge.client import InferenceServerError
 
         result = Result(name)
         ready = state is not None and state.startswith("READY")
@@ -254,19 +254,19 @@ class _Checker:
         try:
             self._versions(result)  # a wrong hash fails; the answers are compared anyway
             self._answers(result, spec, self.rows(path, spec))
-        except grpc.RpcError as error:
-            result.problems.append(f"{error.code().name}: {error.details()}")
+        except InferenceServerError as error:
+            result.problems.append(str(error))
         return result
 
     def _versions(self, result: Result) -> None:
         """The newest version and its spec hash; every older version's hash as a note."""
-        listing, _ = self.client.metadata_with_headers(result.model, timeout=TIMEOUT)
+        listing = self.client.model_info(result.model, timeout=TIMEOUT)
         result.versions = sorted(listing.versions, key=_version_order)
         hashes: dict[str, str | None] = {}
         for version in result.versions or [""]:
-            _, headers = self.client.metadata_with_headers(result.model, version, TIMEOUT)
-            hashes[version] = headers.get(SPEC_HEADER)
-            served_variant = headers.get(VARIANT_HEADER)
+            info = self.client.model_info(result.model, version, TIMEOUT)
+            hashes[version] = info.spec_sha256
+            served_variant = info.variant
             if served_variant not in (None, result.variant):
                 result.problems.append(
                     f"version {version or '(newest)'} is variant {served_variant}, "

@@ -127,6 +127,7 @@ def test_python_client(server: ServeProcess, tmp_path: Path) -> None:
     assert "server live: True, model digits-mlp ready: True" in lines
     assert "input  x: FP32 [-1, 64]" in lines
     assert "output probabilities: FP32 [-1, 10]" in lines
+    assert "variant: fp32" in lines and "no-such-model: NOT_FOUND" in lines
     x, y = heldout()
     check_classification(out, x, y)
     correct = int((reference.forward(SPEC, x).argmax(axis=1) == y).sum())

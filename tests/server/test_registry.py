@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from onnxforge.builder import load_spec, metadata, reference
-from onnxforge.client import InferenceClient
+from onnxforge.client import InferenceClient, ModelNotFound, Unavailable
 from onnxforge.protocol.generated import inference_pb2 as pb
 from onnxforge.protocol.generated import inference_pb2_grpc as pb_grpc
 from onnxforge.server.app import Settings
@@ -68,10 +68,10 @@ def test_a_corrupt_file_leaves_the_other_models_serving(repository: Path) -> Non
         with InferenceClient(server.address) as client:
             assert not client.ready()  # not every model is ready
             got = client.infer("alpha", {"x": X})["y"]
-            with pytest.raises(grpc.RpcError) as error:
+            with pytest.raises(Unavailable) as error:
                 client.infer("broken", {"x": X})
-        assert error.value.code() == grpc.StatusCode.UNAVAILABLE
-        assert "load failed" in error.value.details()
+        assert error.value.code == "UNAVAILABLE"
+        assert "load failed" in error.value.message
         np.testing.assert_allclose(
             got, reference.forward(load_spec(repository / "alpha" / "spec.yaml"), X), atol=1e-6
         )
@@ -104,10 +104,10 @@ def test_versions_resolve_newest_first(repository: Path, run_cli: Callable[..., 
             np.testing.assert_allclose(
                 client.infer("alpha", {"x": X}, version="2")["y"], references[1], atol=1e-6
             )
-            with pytest.raises(grpc.RpcError) as error:
+            with pytest.raises(ModelNotFound) as error:
                 client.infer("alpha", {"x": X}, version="1")
-            assert error.value.code() == grpc.StatusCode.NOT_FOUND
-            assert "available versions: 2, 3" in error.value.details()
+            assert error.value.code == "NOT_FOUND"
+            assert "available versions: 2, 3" in error.value.message
             assert list(client.metadata("alpha").versions) == ["2", "3"]
     finally:
         server.stop()
@@ -201,8 +201,8 @@ def test_watch_loads_new_models_and_unloads_removed_ones(
     wait_until(lambda: _index(watched.address)["alpha"].state == "UNAVAILABLE", "alpha unloaded")
     assert _index(watched.address)["alpha"].reason == "removed from the repository"
     with InferenceClient(watched.address) as client:
-        with pytest.raises(grpc.RpcError) as error:
+        with pytest.raises(Unavailable) as error:
             client.infer("alpha", {"x": X})
-        assert error.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert error.value.code == "UNAVAILABLE"
         gamma = reference.forward(load_spec(repository / "gamma" / "spec.yaml"), X)
         np.testing.assert_allclose(client.infer("gamma", {"x": X})["y"], gamma, atol=1e-6)
