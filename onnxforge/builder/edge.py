@@ -79,6 +79,7 @@ from onnxforge.builder import metadata
 from onnxforge.builder.errors import ArtifactError
 from onnxforge.builder.onnxfile import read
 from onnxforge.builder.onnxgraph import graph_inputs, opsets, value_dims
+from onnxforge.protocol.datatypes import DESCRIBED_ONLY, from_onnx
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = 1
@@ -91,23 +92,13 @@ _LEVEL_VARIABLE = "ORT_CONVERT_ONNX_MODELS_TO_ORT_OPTIMIZATION_LEVEL"
 _ORT_DEFAULT_LOG_SEVERITY = 2  # WARNING: ONNX Runtime's default, restored after converting
 _TOOL_LOGGER = "ort_format_model.utils"
 
-# ONNX element type -> (NumPy dtype name, KServe v2 / Open Inference Protocol datatype).
-_DTYPES: dict[int, tuple[str, str]] = {
-    TensorProto.BOOL: ("bool", "BOOL"),
-    TensorProto.UINT8: ("uint8", "UINT8"),
-    TensorProto.UINT16: ("uint16", "UINT16"),
-    TensorProto.UINT32: ("uint32", "UINT32"),
-    TensorProto.UINT64: ("uint64", "UINT64"),
-    TensorProto.INT8: ("int8", "INT8"),
-    TensorProto.INT16: ("int16", "INT16"),
-    TensorProto.INT32: ("int32", "INT32"),
-    TensorProto.INT64: ("int64", "INT64"),
-    TensorProto.FLOAT16: ("float16", "FP16"),
-    TensorProto.FLOAT: ("float32", "FP32"),
-    TensorProto.DOUBLE: ("float64", "FP64"),
-    TensorProto.BFLOAT16: ("bfloat16", "BF16"),
-    TensorProto.STRING: ("object", "BYTES"),
-}
+
+def _dtype_names(elem_type: int) -> tuple[str, str | None]:
+    """(NumPy dtype name, protocol datatype) of an ONNX element type, from the shared table."""
+    row = from_onnx(elem_type)
+    if row is not None:
+        return row.dtype.name, row.name
+    return TensorProto.DataType.Name(elem_type).lower(), DESCRIBED_ONLY.get(elem_type)
 
 
 def edge_name(model_path: Path) -> str:
@@ -230,9 +221,7 @@ def _tensors(values: list[onnx.ValueInfoProto]) -> list[dict[str, Any]]:
         entry: dict[str, Any] = {"name": value.name}
         if value.type.HasField("tensor_type"):
             tensor = value.type.tensor_type
-            dtype, datatype = _DTYPES.get(
-                tensor.elem_type, (TensorProto.DataType.Name(tensor.elem_type).lower(), None)
-            )
+            dtype, datatype = _dtype_names(tensor.elem_type)
             stated = value_dims(value)
             dims = None if stated is None else [-1 if d is None else d for d in stated]
             entry.update(
