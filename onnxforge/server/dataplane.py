@@ -32,7 +32,9 @@ import numpy as np
 
 from onnxforge._version import __version__
 from onnxforge.builder.metadata import SPEC_SHA256
-from onnxforge.server import convert, validate
+from onnxforge.protocol import headers as protocol_headers
+from onnxforge.protocol.datatypes import from_numpy
+from onnxforge.server import validate
 from onnxforge.server.drain import Drain
 from onnxforge.server.errors import InvalidInput, LoadFailed, ServingError
 from onnxforge.server.model_version import Tensor, Version
@@ -53,9 +55,6 @@ __all__ = [
 ]
 
 EXTENSIONS = ("model_repository", "statistics", "model_repository(unload_dependents)")
-VARIANT_HEADER = "x-onnxforge-variant"
-ACCURACY_HEADER = "x-onnxforge-accuracy"
-SPEC_HEADER = "x-onnxforge-spec-sha256"
 
 Listener = Callable[[], Awaitable[None]]
 
@@ -104,11 +103,11 @@ class ModelMetadata:
 
     def headers(self) -> list[tuple[str, str]]:
         """Variant, accuracy and spec hash as response headers (the same on every transport)."""
-        headers = [(VARIANT_HEADER, self.variant)]
+        headers = [(protocol_headers.VARIANT, self.variant)]
         if self.accuracy is not None:
-            headers.append((ACCURACY_HEADER, json.dumps(self.accuracy, sort_keys=True)))
+            headers.append((protocol_headers.ACCURACY, json.dumps(self.accuracy, sort_keys=True)))
         if self.spec_sha256 is not None:
-            headers.append((SPEC_HEADER, self.spec_sha256))
+            headers.append((protocol_headers.SPEC_SHA256, self.spec_sha256))
         return headers
 
 
@@ -150,7 +149,7 @@ class Inference:
 
 
 def _datatype(name: str, array: np.ndarray) -> str:
-    row = convert.from_numpy(array.dtype)
+    row = from_numpy(array.dtype)
     if row is None:
         raise InvalidInput(name, f"NumPy dtype {array.dtype} has no protocol datatype")
     return row.name
