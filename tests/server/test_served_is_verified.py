@@ -259,8 +259,24 @@ def test_a_load_applies_its_config_or_refuses_it_by_field(repository: Path) -> N
             stats = stub.ModelStatistics(pb.ModelStatisticsRequest(name="tiny")).model_stats
         want = reference.forward(load_spec(spec), np.concatenate(rows))
         np.testing.assert_allclose(np.concatenate(answers), want, atol=1e-5, rtol=1e-4)
-        sizes = {batch.batch_size for batch in stats[0].batch_stats}
-        assert max(sizes) == 4  # batches were merged, and never above the loaded setting
+        counts = {batch.batch_size: batch.compute_infer.count for batch in stats[0].batch_stats}
+        assert sum(size * count for size, count in counts.items()) == len(rows)
+        assert max(counts) <= 4  # never above the loaded setting (the spec says 64)
+
+        # The policy of a load decides what serves: a second version built by this load
+        # serves beside the first with `all`, where config.pbtxt's latest 1 would drop it.
+        old_spec = load_spec(spec)
+        spec = _write(
+            repository,
+            "tiny",
+            mlp_document(layers=layers, seed=9, serving={"max_batch_size": 64}),
+        )
+        _load(server.url, "tiny", config=json.dumps({"version_policy": {"all": {}}}))
+        with InferenceClient(server.url) as client:
+            assert list(client.metadata("tiny").versions) == ["1", "2"]
+            got_old = client.infer("tiny", {"x": X}, version="1")["y"]
+        np.testing.assert_allclose(got_old, reference.forward(old_spec, X), atol=1e-5, rtol=1e-4)
+        assert _answers(server.url, "tiny", spec)  # unpinned: the newest, of the current spec
 
         for parameters, field in [
             ({"config": json.dumps({"input": []})}, "'input'"),
