@@ -30,7 +30,7 @@ from onnxforge.server.registry import Registry
 from onnxforge.server.security import Security
 from onnxforge.server.service import SERVICE_NAME, InferenceService, register
 from onnxforge.server.stats import Statistics
-from onnxforge.server.watch import Watcher
+from onnxforge.server.watch import Watcher, snapshot
 
 log = logging.getLogger("onnxforge.server")
 
@@ -119,6 +119,8 @@ async def create_server(settings: Settings) -> Running:
         batching=settings.batching,
         on_batch=statistics.batch,
     )
+    # Taken before the load: what changes from here on is for the watcher to apply.
+    sources = snapshot(settings.repository) if settings.watch_seconds is not None else None
     await registry.load_all()
     plane = DataPlane(registry, statistics, max_rows=settings.max_rows)
     health = HealthServicer()
@@ -168,6 +170,9 @@ async def create_server(settings: Settings) -> Running:
             settings.host,
         )
     control_port = server.add_insecure_port("127.0.0.1:0") if settings.control_port else None
+    watcher = None
+    if sources is not None and settings.watch_seconds is not None:
+        watcher = Watcher(registry, plane.changed, settings.watch_seconds, sources)
     await server.start()
     metrics_port = None
     if settings.metrics_port is not None:
@@ -192,8 +197,7 @@ async def create_server(settings: Settings) -> Running:
         control_port=control_port,
         peers=peers,
     )
-    if settings.watch_seconds is not None:
-        watcher = Watcher(registry, plane.changed, settings.watch_seconds)
+    if watcher is not None:
         running.watcher = asyncio.create_task(watcher.run(), name="watch")
     return running
 

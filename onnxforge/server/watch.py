@@ -56,11 +56,15 @@ class Watcher:
         registry: Registry,
         on_change: Callable[[], Awaitable[None]],
         interval: float = 1.0,
+        sources: Snapshot | None = None,
     ) -> None:
+        """``sources``: the repository as it was before the server loaded it, so that a spec
+        edited while the server was starting is a change the first look sees."""
         self.registry = registry
         self.on_change = on_change  # the data plane's: health and the loaded gauge follow
         self.interval = interval
-        self.seen = snapshot(registry.root)
+        now = snapshot(registry.root)
+        self.seen = now if sources is None else _merge(sources=sources, built=now)
 
     async def run(self) -> None:
         while True:
