@@ -120,7 +120,8 @@ def test_sigterm_finishes_in_flight_requests_and_exits_0(serving: ServeProcess) 
         "".join(serving.lines),
     )
     assert stopped is not None and stopped.group(2) == "0", "".join(serving.lines)
-    # Requests sent after the stop never reached a model: the draining server refused
-    # them with UNAVAILABLE (retryable), one per client.
-    assert len(errors) == 6 and stopped.group(1) == "6"
-    assert {e.code for e in errors} == {"UNAVAILABLE"}
+    # Requests sent after the stop never reached a model: each client's last one was
+    # answered UNAVAILABLE (retryable) -- by the draining server, or, for a client slower
+    # to send than the drain's quiet period, by the transport once the server had gone.
+    assert len(errors) == 6 and {e.code for e in errors} == {"UNAVAILABLE"}
+    assert 0 < int(stopped.group(1)) <= 6
