@@ -90,7 +90,11 @@ class PeerMark(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc: no ty
 
 
 class Peers:
-    """gRPC clients of the other workers; none until :meth:`connect` names them."""
+    """gRPC clients of the other workers, once :meth:`connect` names them.
+
+    A worker serves before it knows the others (they start together); a call to pass on
+    that arrives in between waits until they are known, so that it still reaches them all.
+    """
 
     def __init__(self, token: str) -> None:
         self.token = token  # the server's internal token: it marks calls between workers
@@ -98,14 +102,20 @@ class Peers:
         self._metadata = (*_MARK, ("authorization", f"Bearer {token}"))
         self._channels: list[grpc.aio.Channel] = []
         self._stubs: list[pb_grpc.GRPCInferenceServiceStub] = []
+        self._known = asyncio.Event()
 
     def connect(self, addresses: Iterable[str]) -> None:
         self.addresses = list(addresses)
         self._channels = [grpc.aio.insecure_channel(address) for address in self.addresses]
         self._stubs = [pb_grpc.GRPCInferenceServiceStub(channel) for channel in self._channels]
+        self._known.set()
 
     async def _all(self, method: str, request: Any) -> list[Any]:
         """Every other worker's answer; a worker's error is answered as it gave it."""
+        try:
+            await asyncio.wait_for(self._known.wait(), _TIMEOUT)
+        except asyncio.TimeoutError:  # not yet TimeoutError itself on Python 3.10
+            raise ServingError("the other workers have not started", Code.UNAVAILABLE) from None
         calls = [
             getattr(stub, method)(request, metadata=self._metadata, timeout=_TIMEOUT)
             for stub in self._stubs

@@ -29,7 +29,7 @@ from onnxforge.server.errors import (
 )
 from onnxforge.server.registry import Registry
 from onnxforge.server.stats import ModelStats, Statistics, VersionStats, merge
-from tests.helpers import mlp_document
+from tests.helpers import mlp_document, wait_until_async
 
 X = np.random.default_rng(7).normal(size=(5, 4)).astype(np.float32)
 
@@ -257,6 +257,20 @@ def test_peered_plane_passes_control_on_unless_the_call_was_passed_on(repository
         ("unload", "tiny"),
         ("load", "tiny", "config"),
     ]
+
+
+def test_a_call_passed_on_before_the_workers_know_each_other_waits(repository: Path) -> None:
+    async def scenario(plane: DataPlane) -> None:
+        waiting = peers.Peers("token")  # a worker serves before the others are named
+        unload = asyncio.create_task(peers.PeeredDataPlane(plane, waiting).unload("tiny"))
+        await wait_until_async(lambda: not plane.serving()["tiny"], "the local unload")
+        await asyncio.sleep(0.05)
+        assert not unload.done()  # held until the other workers are known
+        waiting.connect([])
+        await asyncio.wait_for(unload, 10)
+        await waiting.close()
+
+    serve(repository, scenario)
 
 
 def test_a_peer_mark_counts_only_with_the_internal_token() -> None:
