@@ -166,9 +166,15 @@ def test_a_message_over_the_clients_limit_is_resource_exhausted(server: ServerTh
 
 
 def test_a_passed_deadline_is_deadline_exceeded(client: InferenceClient) -> None:
-    with pytest.raises(DeadlineExceeded) as error:
-        client.infer("tiny", {"x": X}, timeout=1e-6)
-    assert error.value.code == "DEADLINE_EXCEEDED"
+    # A 1 us deadline has passed before any answer can come back -- except when gRPC's timer,
+    # coarser than that, fires after a fast local answer: so a few tries, not one.
+    for _ in range(50):
+        try:
+            client.infer("tiny", {"x": X}, timeout=1e-6)
+        except DeadlineExceeded as error:
+            assert error.code == "DEADLINE_EXCEEDED"
+            return
+    raise AssertionError("50 calls with a 1 us deadline all answered")
 
 
 # ------------------------------------------------------ repository and statistics
