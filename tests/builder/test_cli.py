@@ -12,7 +12,7 @@ import pytest
 
 import onnxforge
 from onnxforge.builder import load_spec
-from tests.builder.test_spec_errors import assert_nothing_written, assert_one_line_error
+from tests.builder.errors import assert_nothing_written, assert_one_line_error
 from tests.conftest import CliResult
 from tests.helpers import mlp_document
 
