@@ -14,12 +14,14 @@ import click
 
 from onnxforge._version import __version__
 from onnxforge.builder.errors import OnnxforgeError
-from onnxforge.cli.build import build, verify
+from onnxforge.cli.build import build
 from onnxforge.cli.common import EXIT_USAGE, OUTPUT
 from onnxforge.cli.edge import export_edge
 from onnxforge.cli.inspect import inspect
 from onnxforge.cli.quantize import quantize
-from onnxforge.cli.serve import bench, infer, serve
+from onnxforge.cli.remote import bench, infer
+from onnxforge.cli.serve import serve
+from onnxforge.cli.verify import verify
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -1,16 +1,12 @@
-"""``onnxforge serve``, ``onnxforge infer`` and ``onnxforge bench``."""
+"""``onnxforge serve``: the options of the server and their translation into its settings."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 from pathlib import Path
 from typing import Any
 
 import click
-from rich.table import Table
-
-from onnxforge.cli.common import console, json_option, progress
 
 
 def security_options(command: Any) -> Any:
@@ -81,56 +77,6 @@ def limit_options(command: Any) -> Any:
     ):
         command = option(command)
     return command
-
-
-def client_options(command: Any) -> Any:
-    """How ``infer`` and ``bench`` reach the server: address, TLS, token."""
-    url = click.option(
-        "--url", default="127.0.0.1:8001", show_default=True, help="Server address host:port."
-    )
-    return url(connection_options(command))
-
-
-def connection_options(command: Any) -> Any:
-    """TLS and token options of a client (``--url`` is the command's own)."""
-    file = click.Path(path_type=Path, dir_okay=False)
-    for option in reversed(
-        [
-            click.option("--tls-ca", type=file, help="Trust this CA (PEM): connect with TLS."),
-            click.option("--tls-cert", type=file, help="Client certificate for mutual TLS."),
-            click.option("--tls-key", type=file, help="Client private key for mutual TLS."),
-            click.option(
-                "--token-file",
-                type=file,
-                help="A bearer token (first line); or set ONNXFORGE_TOKEN.",
-            ),
-        ]
-    ):
-        command = option(command)
-    return command
-
-
-def connection(
-    url: str,
-    tls_ca: Path | None,
-    tls_cert: Path | None,
-    tls_key: Path | None,
-    token_file: Path | None,
-) -> Any:
-    import os
-
-    from onnxforge.client import Connection
-    from onnxforge.server.security import SecurityError, read_tokens
-
-    token = os.environ.get("ONNXFORGE_TOKEN")
-    if token_file is not None:
-        try:
-            token = read_tokens(token_file)[0]
-        except SecurityError as error:
-            raise click.UsageError(str(error)) from None
-    if (tls_cert is None) != (tls_key is None):
-        raise click.UsageError("--tls-cert and --tls-key go together")
-    return Connection(url, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key, token=token)
 
 
 @click.command()
@@ -263,161 +209,3 @@ def serve(
         asyncio.run(run(settings))
     except OSError as error:
         raise click.ClickException(f"cannot serve on {host}:{port}: {error}") from None
-
-
-def _named_arrays(pairs: tuple[str, ...]) -> dict[str, Any]:
-    import numpy as np
-
-    arrays = {}
-    for pair in pairs:
-        name, _, file = pair.partition("=")
-        if not name or not file:
-            raise click.BadParameter(f"expected NAME=FILE.npy, got {pair!r}", param_hint="--input")
-        try:
-            arrays[name] = np.load(file, allow_pickle=False)
-        except (OSError, ValueError) as error:
-            raise click.BadParameter(f"{file}: {error}", param_hint="--input") from None
-    return arrays
-
-
-@click.command()
-@click.argument("model")
-@click.option(
-    "--input",
-    "inputs",
-    multiple=True,
-    required=True,
-    metavar="NAME=FILE.npy",
-    help="An input tensor (repeat for several inputs).",
-)
-@click.option("--output", "outputs", multiple=True, help="Only these outputs (repeatable).")
-@click.option("--version", "model_version", default="", help="Model version (default newest).")
-@client_options
-@click.option("--timeout", type=float, default=30.0, show_default=True, help="Seconds.")
-@click.option(
-    "--save",
-    type=click.Path(path_type=Path, file_okay=False),
-    help="Write each output to DIR/<name>.npy.",
-)
-@json_option
-def infer(
-    model: str,
-    inputs: tuple[str, ...],
-    outputs: tuple[str, ...],
-    model_version: str,
-    url: str,
-    tls_ca: Path | None,
-    tls_cert: Path | None,
-    tls_key: Path | None,
-    token_file: Path | None,
-    timeout: float,
-    save: Path | None,
-    as_json: bool,
-) -> None:
-    """Send one inference request and print the outputs."""
-    import numpy as np
-
-    from onnxforge.client import InferenceClient, InferenceServerError
-
-    arrays = _named_arrays(inputs)
-    reach = connection(url, tls_ca, tls_cert, tls_key, token_file)
-    with InferenceClient(**vars(reach)) as client:
-        try:
-            results = client.infer(model, arrays, outputs, model_version, timeout=timeout)
-        except InferenceServerError as error:
-            raise click.ClickException(str(error)) from None
-        except ValueError as error:  # an array the protocol cannot carry, named by input
-            raise click.UsageError(str(error)) from None
-    if save is not None:
-        save.mkdir(parents=True, exist_ok=True)
-        for name, array in results.items():
-            np.save(save / f"{name}.npy", array)
-    if as_json:
-        click.echo(json.dumps({name: array.tolist() for name, array in results.items()}))
-        return
-    table = Table(
-        "output", "dtype", "shape", "values", "argmax (per row)", title=f"{model} @ {url}"
-    )
-    for name, array in results.items():
-        argmax = (
-            ", ".join(map(str, array.argmax(axis=-1).tolist()[:16]))
-            if array.ndim == 2 and array.shape[1] > 1
-            else "-"
-        )
-        preview = np.array2string(array.ravel()[:6], precision=4, separator=", ")
-        table.add_row(name, str(array.dtype), str(list(array.shape)), preview, argmax)
-    console().print(table)
-
-
-def _concurrencies(text: str) -> list[int]:
-    try:
-        levels = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        levels = []
-    if not levels or min(levels) < 1:
-        raise click.BadParameter(
-            f"expected positive integers like 1,8,32, got {text!r}", param_hint="--concurrency"
-        )
-    return levels
-
-
-@click.command()
-@click.argument("model")
-@click.option(
-    "--concurrency",
-    default="1,8,32",
-    show_default=True,
-    help="Comma-separated numbers of concurrent clients.",
-)
-@click.option(
-    "--duration",
-    type=click.FloatRange(min=0.1),
-    default=5.0,
-    show_default=True,
-    help="Seconds per concurrency level.",
-)
-@click.option(
-    "--rows", type=click.IntRange(min=1), default=1, show_default=True, help="Rows per request."
-)
-@client_options
-@click.option(
-    "--plot",
-    "plot_file",
-    type=click.Path(path_type=Path, dir_okay=False),
-    help="Write a PNG of throughput and latency.",
-)
-@json_option
-def bench(
-    model: str,
-    concurrency: str,
-    duration: float,
-    rows: int,
-    url: str,
-    tls_ca: Path | None,
-    tls_cert: Path | None,
-    tls_key: Path | None,
-    token_file: Path | None,
-    plot_file: Path | None,
-    as_json: bool,
-) -> None:
-    """Load a running server: throughput and p50/p90/p99 latency per concurrency."""
-    from onnxforge.bench import levels_table, plot_levels, run_level
-    from onnxforge.client import InferenceServerError
-
-    reach = connection(url, tls_ca, tls_cert, tls_key, token_file)
-    levels = []
-    counts = _concurrencies(concurrency)
-    with progress("bench", len(counts)) as step:
-        for clients in counts:
-            step(f"{clients} client(s), {duration:g} s")
-            try:
-                levels.append(asyncio.run(run_level(reach, model, clients, duration, rows)))
-            except InferenceServerError as error:
-                raise click.ClickException(str(error)) from None
-    if plot_file is not None:
-        plot_levels(levels, model, str(plot_file))
-    if as_json:
-        click.echo(json.dumps([level.as_dict() for level in levels], indent=2))
-        return
-    title = f"onnxforge bench {model} @ {url} ({duration:g} s per level)"
-    console().print(levels_table(levels, title))

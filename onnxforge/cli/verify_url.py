@@ -104,7 +104,7 @@ def verify_url(
 ) -> None:
     """Check a running server; exit 1 on any failure, 2 when it cannot be asked at all."""
     from onnxforge.builder import verify as checks
-    from onnxforge.cli.serve import connection
+    from onnxforge.cli.connect import connection
     from onnxforge.client import (
         DeadlineExceeded,
         InferenceClient,
