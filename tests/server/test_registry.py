@@ -206,3 +206,21 @@ def test_watch_loads_new_models_and_unloads_removed_ones(
         assert error.value.code == "UNAVAILABLE"
         gamma = reference.forward(load_spec(repository / "gamma" / "spec.yaml"), X)
         np.testing.assert_allclose(client.infer("gamma", {"x": X})["y"], gamma, atol=1e-6)
+
+
+@pytest.mark.parametrize("file_name", ["spec.yml", "spec.json"])
+def test_specs_named_yml_or_json_are_built_and_served(tmp_path: Path, file_name: str) -> None:
+    import json
+
+    (tmp_path / "gamma").mkdir()
+    document = mlp_document(name="gamma", seed=11)
+    text = json.dumps(document) if file_name.endswith(".json") else yaml.safe_dump(document)
+    (tmp_path / "gamma" / file_name).write_text(text)
+    server = ServerThread(Settings(repository=tmp_path, port=0, metrics_port=None)).start()
+    try:
+        with InferenceClient(server.address) as client:
+            got = client.infer("gamma", {"x": X})["y"]
+        want = reference.forward(load_spec(tmp_path / "gamma" / file_name), X)
+        np.testing.assert_allclose(got, want, atol=1e-6)
+    finally:
+        server.stop()
