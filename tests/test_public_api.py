@@ -25,6 +25,7 @@ import onnxforge
 
 PUBLIC: dict[str, list[str]] = {
     "onnxforge": ["__version__"],
+    "onnxforge.cpus": ["affinity_cpus", "cgroup_cpus", "usable_cpus"],
     "onnxforge.bench": [
         "Level",
         "Load",

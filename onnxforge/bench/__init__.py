@@ -18,11 +18,11 @@ from onnxforge.bench.machine import (
     process_cpu_seconds,
     process_status,
     software_versions,
-    usable_cpus,
     wait_quiet,
 )
 from onnxforge.bench.process import ServerError, ServerProcess
 from onnxforge.bench.report import markdown_table, print_table, table, write_json
+from onnxforge.cpus import usable_cpus
 
 __all__ = [
     "Level",

@@ -10,11 +10,12 @@ machine counters read ``/proc`` and return zeros or empty mappings elsewhere.
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import platform
 import time
 from pathlib import Path
+
+from onnxforge.cpus import affinity_cpus, cgroup_cpus, usable_cpus
 
 #: CPU features that decide which int8 and fp16 kernels ONNX Runtime can use.
 CPU_FLAGS = (
@@ -28,56 +29,7 @@ CPU_FLAGS = (
     "avx512_fp16",
     "avx512_bf16",
 )
-CGROUP = Path("/sys/fs/cgroup")
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-
-
-def affinity_cpus() -> int | None:
-    """CPUs this process may run on (its affinity mask); None where that is not known."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return None
-
-
-def cgroup_cpus(root: Path = CGROUP) -> float | None:
-    """The cgroup's CPU quota in cores (v2 ``cpu.max``, v1 ``cpu.cfs_quota_us``); None: no limit."""
-    for relative in _cgroup_paths():
-        for folder in (root / relative.lstrip("/"), root / "cpu" / relative.lstrip("/"), root):
-            quota = _quota(folder)
-            if quota is not None:
-                return quota
-    return None
-
-
-def _cgroup_paths() -> list[str]:
-    """This process's cgroup paths for the cpu controller (v2's unified path included)."""
-    paths = []
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/self/cgroup").read_text().splitlines():
-            _, controllers, path = line.split(":", 2)
-            if controllers == "" or "cpu" in controllers.split(","):
-                paths.append(path)
-    return paths or ["/"]
-
-
-def _quota(folder: Path) -> float | None:
-    with contextlib.suppress(OSError, ValueError):
-        quota, period = (folder / "cpu.max").read_text().split()
-        return None if quota == "max" else int(quota) / int(period)
-    with contextlib.suppress(OSError, ValueError):
-        quota_us = int((folder / "cpu.cfs_quota_us").read_text())
-        period_us = int((folder / "cpu.cfs_period_us").read_text())
-        return None if quota_us <= 0 else quota_us / period_us
-    return None
-
-
-def usable_cpus() -> int:
-    """Whole cores this process can keep busy: logical CPUs, affinity and cgroup quota."""
-    counts: list[float] = [os.cpu_count() or 1]
-    for limit in (affinity_cpus(), cgroup_cpus()):
-        if limit is not None:
-            counts.append(limit)
-    return max(1, math.ceil(min(counts)))
 
 
 def machine_info() -> dict[str, object]:

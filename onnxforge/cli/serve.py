@@ -9,6 +9,27 @@ from typing import Any
 import click
 
 
+class WorkerCount(click.ParamType):  # type: ignore[type-arg]  # generic in newer click only
+    """A positive number of workers, or ``auto``: one per core this process may use."""
+
+    name = "N|auto"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        if str(value).strip().lower() == "auto":
+            from onnxforge.cpus import usable_cpus
+
+            return usable_cpus()
+        try:
+            count = int(value)
+        except ValueError:
+            count = 0
+        if count < 1:
+            self.fail(f"expected a positive number or 'auto', got {value!r}", param, ctx)
+        return count
+
+
 def security_options(command: Any) -> Any:
     """TLS, mutual TLS and bearer tokens for ``serve``."""
     file = click.Path(path_type=Path, dir_okay=False)
@@ -98,7 +119,8 @@ def limit_options(command: Any) -> Any:
     type=click.IntRange(min=0),
     default=0,
     show_default=True,
-    help="ONNX Runtime intra-op threads per session (0: its own choice).",
+    help="ONNX Runtime intra-op threads per session (0: its own choice; with several "
+    "workers, the cores shared out among them).",
 )
 @click.option("--no-build", is_flag=True, help="Do not build missing or stale models.")
 @click.option(
@@ -110,10 +132,11 @@ def limit_options(command: Any) -> Any:
 )
 @click.option(
     "--workers",
-    type=click.IntRange(min=1),
-    default=1,
+    type=WorkerCount(),
+    default="1",
     show_default=True,
-    help="Server processes sharing the port, each with its own sessions.",
+    help="Server processes sharing the port, each with its own sessions; 'auto': one per "
+    "core this process may use (affinity and cgroup quota counted).",
 )
 @click.option("--no-batching", is_flag=True, help="Run every request on its own.")
 @click.option("--watch", is_flag=True, help="Reload models whose files or spec change.")
@@ -189,7 +212,7 @@ def serve(
         repository=repository,
         host=host,
         port=port,
-        threads=threads,
+        threads=_threads_per_worker(threads, workers),
         build_missing=not no_build,
         max_queue=max_queue,
         metrics_port=None if no_metrics else metrics_port,
@@ -209,3 +232,12 @@ def serve(
         asyncio.run(run(settings))
     except OSError as error:
         raise click.ClickException(f"cannot serve on {host}:{port}: {error}") from None
+
+
+def _threads_per_worker(threads: int, workers: int) -> int:
+    """Several workers each left to ONNX Runtime's choice would each take every core."""
+    if threads or workers <= 1:
+        return threads
+    from onnxforge.cpus import usable_cpus
+
+    return max(1, usable_cpus() // workers)

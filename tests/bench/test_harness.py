@@ -12,7 +12,7 @@ import pytest
 
 from onnxforge.bench import Level, Load, Outcome, drive, markdown_table, percentiles_ms
 from onnxforge.bench.load import status_of
-from onnxforge.bench.machine import cgroup_cpus, usable_cpus
+from onnxforge.cpus import cgroup_cpus, usable_cpus
 
 
 class StatusError(Exception):

@@ -182,3 +182,25 @@ def _running(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_workers_auto_starts_one_per_usable_core(tmp_path: Path) -> None:
+    from onnxforge.cpus import usable_cpus
+
+    (tmp_path / "digits-mlp").mkdir()
+    for file in ("spec.yaml", "weights.npz"):
+        shutil.copy(MODELS / "digits-mlp" / file, tmp_path / "digits-mlp" / file)
+    expected = usable_cpus()
+    started = (
+        rf"serving with {expected} workers on 127\.0\.0\.1:(\d+)"
+        if expected > 1
+        else r"serving \d+ model\(s\) from .* on 127\.0\.0\.1:(\d+)"
+    )
+    server = ServeProcess(tmp_path, "--workers", "auto", pattern=started)
+    try:
+        with InferenceClient(server.url) as client:
+            x = np.random.default_rng(2).uniform(size=(3, 64)).astype(np.float32)
+            got = client.infer("digits-mlp", {"x": x})["probabilities"]
+        np.testing.assert_allclose(got, reference.forward(SPEC, x), atol=1e-5, rtol=1e-4)
+    finally:
+        server.close()
