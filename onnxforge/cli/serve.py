@@ -122,6 +122,11 @@ def limit_options(command: Any) -> Any:
     help="ONNX Runtime intra-op threads per session (0: its own choice; with several "
     "workers, the cores shared out among them).",
 )
+@click.option(
+    "--spinning/--no-spinning",
+    default=None,
+    help="Idle ONNX Runtime intra-op threads spin for work (its default) or sleep.",
+)
 @click.option("--no-build", is_flag=True, help="Do not build missing or stale models.")
 @click.option(
     "--max-queue",
@@ -165,6 +170,7 @@ def serve(
     metrics_port: int,
     no_metrics: bool,
     threads: int,
+    spinning: bool | None,
     no_build: bool,
     max_queue: int,
     workers: int,
@@ -213,6 +219,7 @@ def serve(
         host=host,
         port=port,
         threads=_threads_per_worker(threads, workers),
+        spinning=spinning,
         build_missing=not no_build,
         max_queue=max_queue,
         metrics_port=None if no_metrics else metrics_port,

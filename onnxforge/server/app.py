@@ -41,6 +41,7 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8001  # 0 picks a free port (tests)
     threads: int = 0  # ONNX Runtime intra-op threads per session; 0 lets it choose
+    spinning: bool | None = None  # idle intra-op threads spin for work; None: ORT's default
     build_missing: bool = True
     max_queue: int = 1024  # requests waiting per model before RESOURCE_EXHAUSTED
     max_message_bytes: int = 64 * 1024 * 1024
@@ -113,6 +114,7 @@ async def create_server(settings: Settings) -> Running:
     registry = Registry(
         settings.repository,
         threads=settings.threads,
+        spinning=settings.spinning,
         build_missing=settings.build_missing,
         max_queue=settings.max_queue,
         max_model_bytes=settings.max_model_bytes,

@@ -116,10 +116,23 @@ def tensor_of(node: ort.NodeArg) -> Tensor:
     return Tensor(node.name, row.name, row.dtype, shape)
 
 
-def open_version(name: str, version: str, path: Path, serving: Serving, threads: int) -> Version:
-    """An ONNX Runtime session for ``path`` and the facts requests are checked against."""
+def open_version(
+    name: str,
+    version: str,
+    path: Path,
+    serving: Serving,
+    threads: int,
+    spinning: bool | None = None,
+) -> Version:
+    """An ONNX Runtime session for ``path`` and the facts requests are checked against.
+
+    ``spinning``: whether idle intra-op threads spin (busy-wait) for work; None keeps ONNX
+    Runtime's default (they do).
+    """
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
+    if spinning is not None:
+        options.add_session_config_entry("session.intra_op.allow_spinning", str(int(spinning)))
     options.log_severity_level = 3
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     # The session has already read the file: take the metadata from it, not a second parse.

@@ -98,6 +98,7 @@ class Registry:
         root: Path,
         *,
         threads: int = 0,
+        spinning: bool | None = None,
         build_missing: bool = True,
         max_queue: int = 1024,
         max_model_bytes: int = 2**31,
@@ -108,6 +109,7 @@ class Registry:
         self.root = root
         self.max_model_bytes = max_model_bytes
         self.threads = threads
+        self.spinning = spinning  # ONNX Runtime's intra-op spinning; None: its default
         self.build_missing = build_missing
         self.max_queue = max_queue
         self.on_batch = on_batch
@@ -343,7 +345,7 @@ class Registry:
 
     def _open(self, name: str, number: int, serving: Serving) -> Version:
         path = version_path(self.root, name, number)
-        return open_version(name, str(number), path, serving, self.threads)
+        return open_version(name, str(number), path, serving, self.threads, self.spinning)
 
     # ------------------------------------------------------------------ lookups
 
