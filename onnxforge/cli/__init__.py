@@ -21,6 +21,7 @@ from onnxforge.cli.inspect import inspect
 from onnxforge.cli.quantize import quantize
 from onnxforge.cli.remote import bench, infer
 from onnxforge.cli.serve import serve
+from onnxforge.cli.tune import tune
 from onnxforge.cli.verify import verify
 
 
@@ -39,7 +40,7 @@ def cli(quiet: bool, verbose: bool) -> None:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
 
-for command in (build, verify, quantize, export_edge, inspect, serve, infer, bench):
+for command in (build, verify, quantize, export_edge, inspect, serve, infer, bench, tune):
     cli.add_command(command)
 
 
