@@ -90,9 +90,11 @@ async def _level(
     clients: list[AsyncInferenceClient], model: str, concurrency: int, plan: Plan, pgid: int
 ) -> Measured:
     inputs = await model_inputs(clients[0], model, plan.rows)
+    # A request stuck in the server counts as DEADLINE_EXCEEDED instead of holding the run.
+    timeout = max(10.0, 5 * plan.seconds)
 
     async def send(worker: int, index: int) -> object:
-        return await clients[worker % len(clients)].infer(model, inputs)
+        return await clients[worker % len(clients)].infer(model, inputs, timeout=timeout)
 
     await drive(send, Load(concurrency, duration=plan.warmup), plan.rows)
     cpu = group_cpu_seconds(pgid)
