@@ -153,9 +153,10 @@ def _serving(point: Point) -> str:
         if batching.max_batch_size
         else "no batching"
     )
+    spinning = "" if flags.spinning is None else f", spinning {_spin(flags.spinning)}"
     return (
-        f"threads {flags.threads or 'auto'}, spinning {_spin(flags.spinning)}, "
-        f"{flags.workers} worker(s), {batch}, {batching.instances} instance(s)"
+        f"threads {flags.threads or 'auto'}{spinning}, {flags.workers} worker(s), {batch}, "
+        f"{batching.instances} instance(s)"
     )
 
 
@@ -211,9 +212,9 @@ def points_table(result: Result) -> Table:
                 )
             )
     title = (
-        f"onnxforge tune {result.model}: {result.plan.rows} row(s) per request, "
-        f"{result.plan.seconds:g} s per level, {result.plan.cores} core(s); latency and server "
-        "CPU per request in ms; * best, ! p99 over the limit"
+        f"tune {result.model}: {result.plan.rows} row(s)/request, {result.plan.seconds:g} s "
+        f"per level, {result.plan.cores} core(s); ms: p50, p99, server CPU/req; * best, ! over "
+        "the p99 limit"
     )
     return table(columns, rows, title=title)
 
