@@ -234,9 +234,10 @@ def choose(points: Sequence[Point], concurrencies: Sequence[int]) -> tuple[Point
 
 
 def flag_grid(cores: int) -> list[Flags]:
-    """Server flags in the order they are measured: ``serve``'s defaults first."""
-    threads = [0, 1, cores] if cores > 1 else [0, 1]
-    workers = [1, cores] if cores > 1 else [1]
+    """Server flags in the order they are measured: ``serve``'s defaults first, then one
+    thread, a thread per core, a worker per core, spinning; then the cores shared out among
+    2 and ``cores`` workers, and a thread per core in every worker."""
+    workers = sorted({1, min(2, cores), cores})
     first = [
         Flags(0, True, 1),  # what `onnxforge serve` does by default
         Flags(1, None, 1),
@@ -246,11 +247,7 @@ def flag_grid(cores: int) -> list[Flags]:
         Flags(0, False, 1),
     ]
     rest = [
-        Flags(t, s if t != 1 else None, w)
-        for w in workers
-        for t in threads
-        for s in (False, True)
-        if t * w <= 2 * cores or t == 0
+        Flags(t, s, w) for w in workers for t in (max(1, cores // w), cores) for s in (False, True)
     ]
     seen: set[tuple[int, bool | None, int]] = set()
     grid = []

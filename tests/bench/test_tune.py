@@ -172,3 +172,61 @@ def test_plot_without_matplotlib_fails_before_measuring(
         "onnxforge: error: --plot needs matplotlib: pip install -e '.[bench]'"
     ]
     assert not (tmp_path / "tune.png").exists()
+
+
+def test_the_yaml_edit_keeps_comments_and_other_keys() -> None:
+    from onnxforge.bench.tune_write import edit_yaml_serving
+
+    values = {"max_batch_size": 8, "max_queue_delay_us": 100, "instances": 2}
+    text = (
+        "name: a  # the name\nserving:\n    max_batch_size: 64  # big\n    keep_versions: 3\n"
+        "layers: []\n"
+    )
+    edited = edit_yaml_serving(text, values)
+    assert edited is not None
+    assert "name: a  # the name\n" in edited and "max_batch_size: 8  # big\n" in edited
+    assert yaml.safe_load(edited) == {
+        "name": "a",
+        "serving": {**values, "keep_versions": 3},
+        "layers": [],
+    }
+    assert yaml.safe_load(edit_yaml_serving("name: a\n", values) or "")["serving"] == values
+    assert edit_yaml_serving("serving: {max_batch_size: 4}\n", values) is None  # flow style
+
+
+def test_config_text_reads_back_and_moves_the_batch_dimension(repository: Path) -> None:
+    from onnxforge.bench.tune_points import Batching
+    from onnxforge.bench.tune_write import config_text
+    from onnxforge.builder.triton import parse_pbtxt
+
+    path = repository / "tiny" / "config.pbtxt"
+    for batching, dims in ((Batching(0, 0, 2), [-1, 4]), (Batching(32, 200, 1), [4])):
+        path.write_text(config_text(path, "tiny", batching))
+        config = read_config(path)
+        assert (config.max_batch_size, config.max_queue_delay_us, config.instances) == (
+            batching.max_batch_size,
+            batching.max_queue_delay_us,
+            batching.instances,
+        )
+        fields = parse_pbtxt(path.read_text())
+        assert fields["input"][0]["dims"] == dims and fields["name"] == ["tiny"]
+
+
+def test_the_grid_starts_with_serves_defaults_and_has_no_duplicates() -> None:
+    from onnxforge.bench.tune_points import Flags, flag_grid
+
+    for cores in (1, 2, 4):
+        grid = flag_grid(cores)
+        assert grid[0] == Flags(0, True, 1) and len(set(grid)) == len(grid)
+        assert all(flags.workers <= cores for flags in grid)
+        assert all(flags.spinning is None for flags in grid if flags.threads == 1)
+
+
+def test_spinning_reaches_the_session_options(repository: Path) -> None:
+    from onnxforge.server.model_version import Serving, open_version
+
+    path = repository / "tiny" / "1" / "model.onnx"
+    for spinning, entry in ((False, "0"), (True, "1")):
+        version = open_version("tiny", "1", path, Serving(), 2, spinning)
+        options = version.session.get_session_options()
+        assert options.get_session_config_entry("session.intra_op.allow_spinning") == entry
