@@ -32,7 +32,7 @@ from pathlib import Path
 
 from onnxforge.bench.levels import model_inputs
 from onnxforge.bench.load import Load, drive
-from onnxforge.bench.machine import process_cpu_seconds
+from onnxforge.bench.machine import process_cpu_seconds, wait_quiet
 from onnxforge.bench.process import ServerProcess
 from onnxforge.bench.tune_points import (
     CONNECTIONS,
@@ -206,6 +206,7 @@ def tune(
     report: Callable[[Point], None] = lambda point: None,
 ) -> Result:
     """Measure the grid within ``plan.budget`` seconds; ``report`` hears of every point."""
+    _, busy = wait_quiet(0.0, 0.0, sample=0.25)  # one sample: how busy the machine is
     search = _Search(plan, report)
     with single_model_repository(repository, model) as (temporary, original):
         batchable = True
@@ -228,7 +229,7 @@ def tune(
             _batching_stage(search, temporary, model, best, batchable)
     chosen, limit = choose(search.points, plan.concurrencies)
     elapsed = time.monotonic() - search.began
-    return Result(model, plan, original, search.points, chosen, limit, elapsed, batchable)
+    return Result(model, plan, original, search.points, chosen, limit, elapsed, batchable, busy)
 
 
 def _batching_stage(

@@ -184,6 +184,7 @@ class Result:
     p99_limit_ms: float
     elapsed_seconds: float
     batchable: bool
+    busy_cores_before: float = 0.0  # what other processes used just before the search
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -195,6 +196,7 @@ class Result:
             "seconds_per_level": self.plan.seconds,
             "warmup_seconds": self.plan.warmup,
             "cores_to_use": self.plan.cores,
+            "busy_cores_before": self.busy_cores_before,
             "model_serving": asdict(self.original),
             "objective": {
                 "text": OBJECTIVE,

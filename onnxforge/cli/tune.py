@@ -12,6 +12,9 @@ import click
 from onnxforge.cli.common import EXIT_FAILED, OUTPUT, console, json_option, repository_option
 from onnxforge.cli.remote import _concurrencies
 
+#: Cores other processes kept busy before the search that make its figures worth a note.
+BUSY_CORES = 0.5
+
 if TYPE_CHECKING:
     from rich.table import Table
 
@@ -109,6 +112,11 @@ def tune(
             f"{plan.budget:g} s budget"
         )
         out.print(f"serve with: {report['serve_command']}")
+        if result.busy_cores_before >= BUSY_CORES:
+            out.print(
+                f"note: {result.busy_cores_before:.1f} core(s) were busy with other processes "
+                "when tune started; its figures share the machine with them"
+            )
     if write:
         report["written"] = _write(repository, model, result, as_json)
     if as_json:

@@ -123,7 +123,8 @@ def test_a_model_without_a_spec_gets_its_config_rewritten(
 ) -> None:
     bare = tmp_path / "bare"
     shutil.copytree(repository / "tiny", bare / "tiny", ignore=shutil.ignore_patterns("*.yaml"))
-    result = run_cli("tune", "tiny", "-r", bare, *SMALL, "--write")
+    picture = tmp_path / "tune.png"
+    result = run_cli("tune", "tiny", "-r", bare, *SMALL, "--write", "--plot", picture)
     assert result.code == 0, result.err
     lines = result.out.splitlines()
     rows = [
@@ -143,6 +144,7 @@ def test_a_model_without_a_spec_gets_its_config_rewritten(
     assert config.max_queue_delay_us == (0 if delay == "-" else int(delay))
     assert config.instances == int(instances)
     assert f"wrote {{'max_batch_size': {config.max_batch_size}" in result.out
+    assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.mark.parametrize(
