@@ -144,6 +144,14 @@ def limit_options(command: Any) -> Any:
     "core this process may use (affinity and cgroup quota counted).",
 )
 @click.option("--no-batching", is_flag=True, help="Run every request on its own.")
+@click.option(
+    "--inline-us",
+    type=click.IntRange(min=0),
+    default=200,
+    show_default=True,
+    help="A lone request to a batching model measured to run in at most this many "
+    "microseconds runs on the event loop's thread, not the model's (0: never).",
+)
 @click.option("--watch", is_flag=True, help="Reload models whose files or spec change.")
 @click.option(
     "--watch-interval",
@@ -175,6 +183,7 @@ def serve(
     max_queue: int,
     workers: int,
     no_batching: bool,
+    inline_us: int,
     watch: bool,
     watch_interval: float,
     log_level: str,
@@ -230,6 +239,7 @@ def serve(
         max_streams=max_streams,
         max_model_bytes=max_model_bytes,
         batching=not no_batching,
+        inline_us=inline_us,
     )
     try:
         if workers > 1:

@@ -53,6 +53,9 @@ class Settings:
     max_streams: int = 256  # concurrent RPCs per client connection
     max_model_bytes: int = 2**31  # a bigger file is not loaded (UNAVAILABLE, with the reason)
     batching: bool = True  # False: every request is its own session.run (for comparisons)
+    # A lone request to a model whose lone runs take at most this long runs on the event
+    # loop's thread instead of the model's (server.batcher); 0: never.
+    inline_us: int = 200
     reuse_port: bool = False  # workers share the public port (SO_REUSEPORT)
     control_port: bool = False  # also listen on a private 127.0.0.1 port for peer workers
 
@@ -120,6 +123,7 @@ async def create_server(settings: Settings) -> Running:
         max_model_bytes=settings.max_model_bytes,
         batching=settings.batching,
         on_batch=statistics.batch,
+        inline_us=settings.inline_us,
     )
     # Taken before the load: what changes from here on is for the watcher to apply.
     sources = snapshot(settings.repository) if settings.watch_seconds is not None else None

@@ -1,13 +1,22 @@
 """Dynamic batching: concurrent requests for one model merged into one ``session.run``.
 
 One ``Batcher`` per model owns a queue, a background task and one future per request.
-The task takes the oldest request; if nothing else is queued it runs it at once (a lone
-request never waits). Otherwise it gathers queued requests up to ``max_batch_size`` rows,
-waiting at most ``max_queue_delay_us`` after the oldest request arrived for the batch to
-fill. Inputs are stacked on axis 0, the union of requested outputs is computed once, and
-every request gets back exactly its own rows of exactly the outputs it asked for. An
-exception reaches every request of the batch. Cancelled requests are dropped before they
-are run; requests past their deadline are answered DEADLINE_EXCEEDED without running.
+A request that finds the queue empty and an instance free runs at once, started straight
+from :meth:`Batcher.submit` (no queue, no task hop: a lone request never waits). Otherwise
+it is queued; the task, once an instance is free, takes the oldest request, and gathers
+queued requests up to ``max_batch_size`` rows, waiting at most ``max_queue_delay_us`` after
+the oldest request arrived for the batch to fill (not at all when nothing else is queued).
+Inputs are stacked on axis 0, the union of requested outputs is computed once, and every
+request gets back exactly its own rows of exactly the outputs it asked for. An exception
+reaches every request of the batch. Cancelled requests are dropped before they are run;
+requests past their deadline are answered DEADLINE_EXCEEDED without running.
+
+A lone request runs on an instance's thread, except for a model measured to be quick: once
+INLINE_AFTER lone runs in a row each took at most ``inline_us`` (0: never), a lone request
+of no more rows than those runs on the event loop's own thread, sparing the hop to a thread
+and back (most of a small model's cost). One run over ``inline_us`` sends the model back to
+its thread until it has proved quick again: a model that turns slow holds up the loop (and
+other models) for at most that one run.
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ import numpy as np
 
 from onnxforge.server.errors import DeadlineExceeded, ModelShuttingDown, QueueFull
 
+INLINE_AFTER = 16  # quick lone runs in a row before a lone request runs on the loop
 Arrays = Mapping[str, np.ndarray]
 RunBatch = Callable[[Arrays, Sequence[str]], dict[str, np.ndarray]]
 
@@ -61,6 +71,7 @@ class Batcher:
         executor: Executor | None = None,
         instances: int = 1,
         on_batch: Callable[[BatchStats], None] | None = None,
+        inline_us: int = 0,
     ) -> None:
         self.name = name
         self._run = run
@@ -71,10 +82,13 @@ class Batcher:
         self._instances = max(1, instances)
         self._on_batch = on_batch
         self._queue: collections.deque[_Request] = collections.deque()
-        self._arrived = asyncio.Event()
+        self._arrived = asyncio.Event()  # a request was queued, or an instance freed
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
-        self._in_flight = 0  # batches being computed right now
+        self._in_flight = 0  # batches being computed right now (lone requests included)
+        self._inline_ns = inline_us * 1000
+        self._quick_runs = 0  # lone runs in a row that took at most inline_us
+        self._quick_rows = 0  # the most rows of those
 
     def start(self) -> None:
         if not self._tasks:
@@ -96,11 +110,100 @@ class Batcher:
         if len(self._queue) >= self.max_queue:
             raise QueueFull(self.name, self.max_queue)
         rows = len(next(iter(inputs.values())))
-        future: asyncio.Future[dict[str, np.ndarray]] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Request(inputs, outputs, rows, future, deadline=deadline))
-        self._arrived.set()
-        self.start()
+        loop = asyncio.get_running_loop()
+        if not self._queue and self._in_flight < self._instances:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise DeadlineExceeded(self.name)
+            if self._quick_runs >= INLINE_AFTER and rows <= self._quick_rows:
+                return self._run_inline(inputs, outputs, rows)
+            future: asyncio.Future[dict[str, np.ndarray]] = loop.create_future()
+            self._in_flight += 1  # released by _lone_done, on the loop, when the run ends
+            self._start_lone(loop, inputs, outputs, rows, future)
+        else:
+            future = loop.create_future()
+            self._queue.append(_Request(inputs, outputs, rows, future, deadline=deadline))
+            self._arrived.set()
+            self.start()
         return await future
+
+    def _run_inline(
+        self, inputs: Arrays, outputs: Sequence[str], rows: int
+    ) -> dict[str, np.ndarray]:
+        """One run on the event loop's thread (for a model measured to be quick)."""
+        started = time.monotonic_ns()
+        try:
+            every = self._run(inputs, list(outputs))
+        except Exception:
+            self._quick_runs = self._quick_rows = 0
+            raise
+        elapsed = time.monotonic_ns() - started
+        self._note_lone(rows, elapsed)
+        if self._on_batch is not None:
+            self._on_batch(BatchStats(1, rows, [0], elapsed))
+        return {name: every[name] for name in outputs}
+
+    def _note_lone(self, rows: int, elapsed_ns: int) -> None:
+        """Count a quick lone run, or start counting again after a slow one."""
+        if elapsed_ns <= self._inline_ns:
+            self._quick_runs += 1
+            self._quick_rows = max(self._quick_rows, rows)
+        else:
+            self._quick_runs = self._quick_rows = 0
+
+    def _start_lone(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        inputs: Arrays,
+        outputs: Sequence[str],
+        rows: int,
+        future: asyncio.Future[dict[str, np.ndarray]],
+    ) -> None:
+        """Run one request on an instance's thread; its future is set back on the loop."""
+        run, report = self._run, self._on_batch
+
+        def work() -> None:
+            started = time.monotonic_ns()
+            try:
+                every = run(inputs, list(outputs))
+                results = {name: every[name] for name in outputs}
+            except Exception as error:  # the caller must hear of it
+                loop.call_soon_threadsafe(self._lone_done, future, None, error, rows, -1)
+                return
+            elapsed = time.monotonic_ns() - started
+            # Reported from the thread: a run whose caller left still counts.
+            if report is not None:
+                report(BatchStats(1, rows, [0], elapsed))
+            loop.call_soon_threadsafe(self._lone_done, future, results, None, rows, elapsed)
+
+        try:
+            if self._executor is None:
+                loop.run_in_executor(None, work)
+            else:
+                self._executor.submit(work)
+        except BaseException:
+            self._in_flight -= 1
+            raise
+
+    def _lone_done(
+        self,
+        future: asyncio.Future[dict[str, np.ndarray]],
+        results: dict[str, np.ndarray] | None,
+        error: Exception | None,
+        rows: int,
+        elapsed_ns: int,  # -1: the run failed
+    ) -> None:
+        self._in_flight -= 1
+        if self._inline_ns > 0:
+            self._note_lone(rows, elapsed_ns if elapsed_ns >= 0 else self._inline_ns + 1)
+        if self._queue:
+            self._arrived.set()  # an instance is free for what queued meanwhile
+        if future.done():
+            return  # the caller left
+        if error is not None:
+            future.set_exception(error)
+        else:
+            assert results is not None
+            future.set_result(results)
 
     async def close(self) -> None:
         """Finish everything queued, then stop the background tasks."""
@@ -119,9 +222,12 @@ class Batcher:
                 await self._execute(batch)
             finally:
                 self._in_flight -= 1
+                if self._queue:
+                    self._arrived.set()  # another task may wait for a free instance
 
     async def _next_batch(self) -> list[_Request]:
-        while not self._live_head():
+        # A live request, and an instance free for it (a lone request may hold one).
+        while not (self._live_head() and self._in_flight < self._instances):
             self._arrived.clear()
             await self._arrived.wait()
         first = self._queue.popleft()

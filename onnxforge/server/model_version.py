@@ -151,9 +151,16 @@ def batchable(inputs: Mapping[str, Tensor], outputs: Mapping[str, Tensor]) -> bo
 
 
 def attach_batcher(
-    version: Version, batching: bool, on_batch: Callable[[str, str, BatchStats], None] | None
+    version: Version,
+    batching: bool,
+    on_batch: Callable[[str, str, BatchStats], None] | None,
+    inline_us: int = 0,
 ) -> None:
-    """Report every run to ``on_batch``; give the version a batcher when it batches."""
+    """Report every run to ``on_batch``; give the version a batcher when it batches.
+
+    ``inline_us``: a lone request to a model measured to run in at most this long runs on
+    the event loop's thread (``server.batcher``); 0: always on the model's threads.
+    """
     if on_batch is not None:
         version.report = lambda stats: on_batch(version.model, version.version, stats)
     if version.serving.max_batch_size <= 0 or not batching:
@@ -167,4 +174,5 @@ def attach_batcher(
         instances=version.serving.instances,
         executor=version.executor,
         on_batch=version.report,
+        inline_us=inline_us,
     )

@@ -104,8 +104,10 @@ class Registry:
         max_model_bytes: int = 2**31,
         batching: bool = True,
         on_batch: Callable[[str, str, BatchStats], None] | None = None,
+        inline_us: int = 0,
     ) -> None:
         self.batching = batching
+        self.inline_us = inline_us  # a quick model's lone request runs on the loop's thread
         self.root = root
         self.max_model_bytes = max_model_bytes
         self.threads = threads
@@ -258,7 +260,7 @@ class Registry:
                 return self.entries[name]
             entry = Entry(name, State.READY, versions=opened)
             for version in opened.values():
-                attach_batcher(version, self.batching, self.on_batch)
+                attach_batcher(version, self.batching, self.on_batch, self.inline_us)
             self.entries[name] = entry
             self._note_build(self.specs.owner(name) or "")
             if previous is not None:

@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pytest
 
-from onnxforge.server.batcher import Batcher, BatchStats
+from onnxforge.server.batcher import INLINE_AFTER, Batcher, BatchStats
 from onnxforge.server.errors import Code, DeadlineExceeded, QueueFull
 from tests.helpers import wait_until_async
 
@@ -199,3 +199,36 @@ def test_a_request_larger_than_the_batch_runs_alone_and_close_drains() -> None:
 
     asyncio.run(scenario())
     assert gate.batches[0] == 10 and sum(gate.batches) == 12
+
+
+def test_a_quick_model_runs_lone_requests_on_the_loop_until_a_run_is_slow() -> None:
+    """Lone requests run on the model's thread until INLINE_AFTER of them were quick, then
+    on the event loop's thread (no more rows than measured); one slow run sends them back."""
+    ran_on: list[int] = []
+    delay = [0.0]
+
+    def run(inputs: Mapping[str, np.ndarray], outputs: Sequence[str]) -> dict:
+        ran_on.append(threading.get_ident())
+        time.sleep(delay[0])
+        return model(inputs, outputs)
+
+    async def scenario() -> None:
+        loop_thread = threading.get_ident()
+        batcher = Batcher("m", run, max_batch_size=8, max_queue_delay_us=0, inline_us=200_000)
+
+        async def lone(rows: int) -> int:
+            got = await batcher.submit({"x": np.full((rows, 3), rows)}, ["total"])
+            assert got["total"][:, 0].tolist() == [3.0 * rows] * rows
+            return ran_on[-1]
+
+        for _ in range(INLINE_AFTER):
+            assert await lone(2) != loop_thread  # measured on the model's thread first
+        assert await lone(1) == loop_thread
+        assert await lone(3) != loop_thread  # more rows than any measured run
+        delay[0] = 0.25  # over inline_us: the model turned slow
+        assert await lone(1) == loop_thread  # that one run holds the loop up ...
+        delay[0] = 0.0
+        assert await lone(1) != loop_thread  # ... and the next runs on the thread again
+        await batcher.close()
+
+    asyncio.run(scenario())
