@@ -11,12 +11,12 @@ request gets back exactly its own rows of exactly the outputs it asked for. An e
 reaches every request of the batch. Cancelled requests are dropped before they are run;
 requests past their deadline are answered DEADLINE_EXCEEDED without running.
 
-A lone request runs on an instance's thread, except for a model measured to be quick: once
-INLINE_AFTER lone runs in a row each took at most ``inline_us`` (0: never), a lone request
-of no more rows than those runs on the event loop's own thread, sparing the hop to a thread
-and back (most of a small model's cost). One run over ``inline_us`` sends the model back to
-its thread until it has proved quick again: a model that turns slow holds up the loop (and
-other models) for at most that one run.
+A run (a lone request or a batch) goes to an instance's thread, except for a model measured
+to be quick: once INLINE_AFTER runs in a row each took at most ``inline_us`` (0: never), a
+run of no more rows than those runs on the event loop's own thread, sparing the hop to a
+thread and back (most of a small model's cost). One run over ``inline_us`` sends the model
+back to its thread until it has proved quick again: a model that turns slow holds up the
+loop (and other models) for at most that one run.
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ class Batcher:
         self._closing = False
         self._in_flight = 0  # batches being computed right now (lone requests included)
         self._inline_ns = inline_us * 1000
-        self._quick_runs = 0  # lone runs in a row that took at most inline_us
+        self._quick_runs = 0  # runs in a row that took at most inline_us
         self._quick_rows = 0  # the most rows of those
 
     def start(self) -> None:
@@ -114,7 +114,7 @@ class Batcher:
         if not self._queue and self._in_flight < self._instances:
             if deadline is not None and time.monotonic() >= deadline:
                 raise DeadlineExceeded(self.name)
-            if self._quick_runs >= INLINE_AFTER and rows <= self._quick_rows:
+            if self._inline(rows):
                 return self._run_inline(inputs, outputs, rows)
             future: asyncio.Future[dict[str, np.ndarray]] = loop.create_future()
             self._in_flight += 1  # released by _lone_done, on the loop, when the run ends
@@ -137,13 +137,17 @@ class Batcher:
             self._quick_runs = self._quick_rows = 0
             raise
         elapsed = time.monotonic_ns() - started
-        self._note_lone(rows, elapsed)
+        self._note(rows, elapsed)
         if self._on_batch is not None:
             self._on_batch(BatchStats(1, rows, [0], elapsed))
         return {name: every[name] for name in outputs}
 
-    def _note_lone(self, rows: int, elapsed_ns: int) -> None:
-        """Count a quick lone run, or start counting again after a slow one."""
+    def _inline(self, rows: int) -> bool:
+        """Whether a run of ``rows`` goes on the loop's thread (the model proved quick)."""
+        return self._quick_runs >= INLINE_AFTER and rows <= self._quick_rows
+
+    def _note(self, rows: int, elapsed_ns: int) -> None:
+        """Count a quick run, or start counting again after a slow one."""
         if elapsed_ns <= self._inline_ns:
             self._quick_runs += 1
             self._quick_rows = max(self._quick_rows, rows)
@@ -194,7 +198,7 @@ class Batcher:
     ) -> None:
         self._in_flight -= 1
         if self._inline_ns > 0:
-            self._note_lone(rows, elapsed_ns if elapsed_ns >= 0 else self._inline_ns + 1)
+            self._note(rows, elapsed_ns if elapsed_ns >= 0 else self._inline_ns + 1)
         if self._queue:
             self._arrived.set()  # an instance is free for what queued meanwhile
         if future.done():
@@ -254,6 +258,12 @@ class Batcher:
                 break
         return batch
 
+    def _timed(self, inputs: Arrays, outputs: Sequence[str]) -> tuple[dict[str, np.ndarray], int]:
+        """One run and how long it took (ns), measured where it ran."""
+        started = time.monotonic_ns()
+        results = self._run(inputs, outputs)
+        return results, time.monotonic_ns() - started
+
     def _live_head(self) -> bool:
         """Drop cancelled and expired requests at the head; is a live one left?"""
         now = time.monotonic()
@@ -278,16 +288,24 @@ class Batcher:
             stacked = dict(batch[0].inputs)
         else:
             stacked = {name: np.concatenate([r.inputs[name] for r in batch]) for name in names}
+        rows = sum(request.rows for request in batch)
         started = time.monotonic_ns()
         try:
-            loop = asyncio.get_running_loop()
-            results = await loop.run_in_executor(self._executor, self._run, stacked, wanted)
+            if self._inline(rows):
+                results, elapsed = self._timed(stacked, wanted)
+            else:
+                loop = asyncio.get_running_loop()
+                ran = loop.run_in_executor(self._executor, self._timed, stacked, wanted)
+                results, elapsed = await ran
         except Exception as error:  # every waiting request must hear of it
+            self._quick_runs = self._quick_rows = 0
             for request in batch:
                 if not request.future.done():
                     request.future.set_exception(error)
             return
         finished = time.monotonic_ns()
+        if self._inline_ns > 0:
+            self._note(rows, elapsed)
         offset = 0
         for request in batch:
             end = offset + request.rows
