@@ -98,6 +98,48 @@ def null_sync_main(response: bytes, conn: Any) -> None:
     server.stop(1)
 
 
+def steal_seconds() -> float:
+    """CPU seconds stolen by the hypervisor, all CPUs (``/proc/stat``); 0.0 if unreadable."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+        return int(fields[8]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def in_process(repo: Path, payload: bytes, requests: int = 5000, rounds: int = 7) -> float:
+    """Microseconds per ModelInfer through the servicer, data plane and batcher: no gRPC,
+    sequential (a lone request each time), the fastest of ``rounds``."""
+    from onnxforge.server.dataplane import DataPlane
+    from onnxforge.server.metrics import Metrics
+    from onnxforge.server.registry import Registry
+    from onnxforge.server.service import InferenceService
+    from onnxforge.server.stats import Statistics
+
+    class Context:
+        def time_remaining(self) -> float:
+            return 30.0
+
+    async def run() -> float:
+        statistics = Statistics(Metrics())
+        registry = Registry(repo, build_missing=False, on_batch=statistics.batch, inline_us=200)
+        await registry.load_all()
+        service = InferenceService(DataPlane(registry, statistics))
+        request, context = pb.ModelInferRequest.FromString(payload), Context()
+        for _ in range(500):
+            await service.ModelInfer(request, context)
+        times = []
+        for _ in range(rounds):
+            began = time.perf_counter()
+            for _ in range(requests):
+                await service.ModelInfer(request, context)
+            times.append(1e6 * (time.perf_counter() - began) / requests)
+        await registry.close()
+        return min(times)
+
+    return asyncio.run(run())
+
+
 def request_bytes() -> bytes:
     rows = np.random.default_rng(3).normal(size=(1, 32)).astype(np.float32)
     request = pb.ModelInferRequest(model_name=MODEL, id="hot")
@@ -134,10 +176,11 @@ class Client:
 
         await drive(send, Load(concurrency, duration=args.warmup))  # unmeasured warm-up
         cpu, began = process_cpu_seconds(pid), time.monotonic()
-        load_before = os.getloadavg()[0]
+        load_before, steal = os.getloadavg()[0], steal_seconds()
         outcome = await drive(send, Load(concurrency, duration=args.duration))
         cpu = process_cpu_seconds(pid) - cpu
         seconds = time.monotonic() - began
+        steal = steal_seconds() - steal
         p50, p99 = percentiles_ms(outcome.latencies, (50, 99))
         answered = outcome.answered
         return {
@@ -150,6 +193,8 @@ class Client:
             "server_cpu_us_per_request": 1e6 * cpu / max(1, outcome.sent) if answered else None,
             "server_cores": cpu / seconds,
             "load_average_1m": load_before,
+            # CPU time the hypervisor gave to other guests (all CPUs): a noisy host.
+            "steal_cores": steal / seconds,
         }
 
 
@@ -216,7 +261,7 @@ async def measure(servers: dict[str, Any], payload: bytes, args: argparse.Namesp
                     f"{cell['requests_per_s']:8.0f} req/s  p50 {cell['p50_ms']:.3f} ms  "
                     f"p99 {cell['p99_ms']:.3f} ms  cpu/req "
                     f"{cell['server_cpu_us_per_request'] or 0:.0f} us  "
-                    f"load {cell['load_average_1m']:.2f}",
+                    f"load {cell['load_average_1m']:.2f} steal {cell['steal_cores']:.2f}",
                     flush=True,
                 )
     for channel in client.channels:
@@ -254,6 +299,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="more `onnxforge serve` arguments (repeatable)")  # fmt: skip
     parser.add_argument("--baseline", type=Path, default=None,
                         help="also serve from this tree (a `git archive` of HEAD)")  # fmt: skip
+    parser.add_argument("--in-process", action="store_true",
+                        help="only time ModelInfer in this process, without gRPC")  # fmt: skip
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     return parser.parse_args(argv)
 
@@ -266,6 +313,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="hot-path-") as folder:
         repo = Path(folder) / "repository"
         build(repo)
+        if args.in_process:
+            print(f"ModelInfer in process, no gRPC: {in_process(repo, payload):.1f} us")
+            return 0
         servers = start_servers(repo, payload, args)
         try:
             load_before = os.getloadavg()

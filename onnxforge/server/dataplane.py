@@ -20,10 +20,9 @@ the metrics and the drain (``server.drain``)::
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -148,6 +147,40 @@ class Inference:
         return await served.infer(inputs, outputs, deadline)
 
 
+class _Serving:
+    """``DataPlane.inference``: an async context manager (a class: this is every request's
+    path, and a generator-based one costs a few microseconds more)."""
+
+    __slots__ = ("_call", "_name", "_plane", "_started", "_version")
+
+    def __init__(self, plane: DataPlane, name: str, version: str) -> None:
+        self._plane, self._name, self._version = plane, name, version
+
+    async def __aenter__(self) -> Inference:
+        plane = self._plane
+        plane.drain.check()  # UNAVAILABLE and NOT_FOUND are not counted as served calls
+        self._call = Inference(plane.registry.get(self._name, self._version), plane.max_rows)
+        self._started = time.monotonic_ns()
+        plane.drain.enter()
+        return self._call
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: Any
+    ) -> None:
+        plane, call = self._plane, self._call
+        if kind is None:
+            status = "OK"
+            plane.drain.leave(answered=True)
+        elif isinstance(error, asyncio.CancelledError):
+            status = "CANCELLED"
+            plane.drain.leave(cancelled=True)
+        else:
+            status = error.code.name if isinstance(error, ServingError) else "UNKNOWN"
+            plane.drain.leave()
+        elapsed = time.monotonic_ns() - self._started
+        plane.stats.request(call.model, call.version, status, elapsed, call.rows)
+
+
 def _datatype(name: str, array: np.ndarray) -> str:
     row = from_numpy(array.dtype)
     if row is None:
@@ -246,26 +279,9 @@ class DataPlane:
 
     # ------------------------------------------------------------------ inference
 
-    @contextlib.asynccontextmanager
-    async def inference(self, name: str, version: str = "") -> AsyncIterator[Inference]:
+    def inference(self, name: str, version: str = "") -> _Serving:
         """Serve one inference call; counted in the statistics, the metrics and the drain."""
-        self.drain.check()
-        call = Inference(self.registry.get(name, version), self.max_rows)
-        started = time.monotonic_ns()
-        status = "UNKNOWN"
-        try:
-            with self.drain.call():
-                yield call
-            status = "OK"
-        except ServingError as error:
-            status = error.code.name
-            raise
-        except asyncio.CancelledError:
-            status = "CANCELLED"
-            raise
-        finally:
-            elapsed = time.monotonic_ns() - started
-            self.stats.request(call.model, call.version, status, elapsed, call.rows)
+        return _Serving(self, name, version)
 
     async def infer(
         self,

@@ -76,18 +76,30 @@ class Drain:
     @contextlib.contextmanager
     def call(self) -> Iterator[None]:
         """One call being served: in flight until it ends; how it ended is counted."""
-        self.in_flight += 1
-        self.touch()
+        self.enter()
         try:
             yield
-            if self.draining:
-                self.answered_draining += 1
         except asyncio.CancelledError:
-            self.cut_off += 1
+            self.leave(cancelled=True)
             raise
-        finally:
-            self.in_flight -= 1
-            self.touch()
+        except BaseException:
+            self.leave()
+            raise
+        self.leave(answered=True)
+
+    def enter(self) -> None:
+        """A call begins (what :meth:`call` does, for a caller of its own)."""
+        self.in_flight += 1
+        self.last_activity_ns = time.monotonic_ns()
+
+    def leave(self, answered: bool = False, cancelled: bool = False) -> None:
+        """A call :meth:`enter` began ends: answered in full, cancelled, or otherwise."""
+        if answered and self.draining:
+            self.answered_draining += 1
+        elif cancelled:
+            self.cut_off += 1
+        self.in_flight -= 1
+        self.last_activity_ns = time.monotonic_ns()
 
     @contextlib.contextmanager
     def stream(self) -> Iterator[None]:

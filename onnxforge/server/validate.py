@@ -22,16 +22,18 @@ def model_inputs(
 ) -> dict[str, np.ndarray]:
     """The request's arrays when names, datatypes, shapes and values fit the model."""
     expected = version.inputs
-    unknown = [name for name in arrays if name not in expected]
-    if unknown:
-        raise InvalidInput(
-            unknown[0], f"model '{version.model}' has no such input (inputs: {', '.join(expected)})"
-        )
-    missing = [name for name in expected if name not in arrays]
-    if missing:
+    if arrays.keys() != expected.keys():
+        unknown = [name for name in arrays if name not in expected]
+        if unknown:
+            raise InvalidInput(
+                unknown[0],
+                f"model '{version.model}' has no such input (inputs: {', '.join(expected)})",
+            )
+        missing = [name for name in expected if name not in arrays]
         raise InvalidInput(
             missing[0], f"missing: model '{version.model}' needs inputs {', '.join(expected)}"
         )
+    finite_only = not version.allow_non_finite
     batch_sizes = set()
     for name, tensor in expected.items():
         array = arrays[name]
@@ -39,20 +41,17 @@ def model_inputs(
             raise InvalidInput(
                 name, f"datatype {datatypes[name]} does not match the model's {tensor.datatype}"
             )
-        if len(array.shape) != len(tensor.shape) or any(
-            want not in (-1, got) for got, want in zip(array.shape, tensor.shape, strict=True)
+        shape, wanted = array.shape, tensor.shape
+        if len(shape) != len(wanted) or not all(
+            want == -1 or want == got for got, want in zip(shape, wanted, strict=True)
         ):
             raise InvalidInput(
                 name,
-                f"shape {list(array.shape)} does not match the model's {_shape_text(tensor.shape)}",
+                f"shape {list(shape)} does not match the model's {_shape_text(wanted)}",
             )
-        if tensor.shape and tensor.shape[0] == -1:
-            batch_sizes.add(array.shape[0])
-        if (
-            array.dtype.kind == "f"
-            and not version.allow_non_finite
-            and not np.isfinite(array).all()
-        ):
+        if wanted and wanted[0] == -1:
+            batch_sizes.add(shape[0])
+        if finite_only and array.dtype.kind == "f" and not np.isfinite(array).all():
             bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
             raise InvalidInput(
                 name,
@@ -65,7 +64,7 @@ def model_inputs(
         raise InvalidRequest("the batch is empty (0 rows)")
     if max_rows is not None and batch_sizes and max(batch_sizes) > max_rows:
         raise TooManyRows(max(batch_sizes), max_rows)
-    return dict(arrays)
+    return arrays if isinstance(arrays, dict) else dict(arrays)
 
 
 # Request parameters that change what an answer means; refused rather than ignored.
