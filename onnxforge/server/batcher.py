@@ -57,6 +57,20 @@ class _Request:
     deadline: float | None = None  # time.monotonic() seconds
 
 
+@dataclass
+class _Filling:
+    """A batch being gathered: woken once ``need`` more rows have been queued, or when due."""
+
+    need: int
+    waiter: asyncio.Future[None]
+    rows: int = 0  # queued since the wait began
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
 class Batcher:
     """Queue, background task and futures for one model; see the module docstring."""
 
@@ -83,6 +97,7 @@ class Batcher:
         self._on_batch = on_batch
         self._queue: collections.deque[_Request] = collections.deque()
         self._arrived = asyncio.Event()  # a request was queued, or an instance freed
+        self._filling: list[_Filling] = []  # batches being gathered, waiting for rows
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
         self._in_flight = 0  # batches being computed right now (lone requests included)
@@ -123,6 +138,10 @@ class Batcher:
             future = loop.create_future()
             self._queue.append(_Request(inputs, outputs, rows, future, deadline=deadline))
             self._arrived.set()
+            for filling in self._filling:  # a batch being gathered: full yet?
+                filling.rows += rows
+                if filling.rows >= filling.need:
+                    _wake(filling.waiter)
             self.start()
         return await future
 
@@ -251,11 +270,16 @@ class Batcher:
             remaining = due - time.monotonic_ns() / 1e9
             if remaining <= 0:
                 break
-            self._arrived.clear()
+            # Until due, or until enough rows came to fill the batch: not woken per arrival.
+            loop = asyncio.get_running_loop()
+            filling = _Filling(self.max_batch_size - rows, loop.create_future())
+            self._filling.append(filling)
+            timer = loop.call_later(remaining, _wake, filling.waiter)
             try:
-                await asyncio.wait_for(self._arrived.wait(), remaining)
-            except TimeoutError:
-                break
+                await filling.waiter
+            finally:
+                timer.cancel()
+                self._filling.remove(filling)
         return batch
 
     def _timed(self, inputs: Arrays, outputs: Sequence[str]) -> tuple[dict[str, np.ndarray], int]:
