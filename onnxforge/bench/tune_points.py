@@ -241,12 +241,12 @@ def flag_grid(cores: int) -> list[Flags]:
     2 and ``cores`` workers, and a thread per core in every worker."""
     workers = sorted({1, min(2, cores), cores})
     first = [
-        Flags(0, True, 1),  # what `onnxforge serve` does by default
+        Flags(0, False, 1),  # what `onnxforge serve` does by default
         Flags(1, None, 1),
         Flags(cores, False, 1),
         Flags(1, None, cores),
         Flags(cores, True, 1),
-        Flags(0, False, 1),
+        Flags(0, True, 1),
     ]
     rest = [
         Flags(t, s, w) for w in workers for t in (max(1, cores // w), cores) for s in (False, True)

@@ -124,8 +124,10 @@ def limit_options(command: Any) -> Any:
 )
 @click.option(
     "--spinning/--no-spinning",
-    default=None,
-    help="Idle ONNX Runtime intra-op threads spin for work (its default) or sleep.",
+    default=False,
+    show_default=True,
+    help="Idle ONNX Runtime intra-op threads spin for work, or sleep: spinning threads take "
+    "the cores the event loop and the batcher need.",
 )
 @click.option("--no-build", is_flag=True, help="Do not build missing or stale models.")
 @click.option(

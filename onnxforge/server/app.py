@@ -41,7 +41,8 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8001  # 0 picks a free port (tests)
     threads: int = 0  # ONNX Runtime intra-op threads per session; 0 lets it choose
-    spinning: bool | None = None  # idle intra-op threads spin for work; None: ORT's default
+    # Idle intra-op threads sleep: spinning ones take the cores the event loop needs.
+    spinning: bool | None = False  # None: ONNX Runtime's default (spin)
     build_missing: bool = True
     max_queue: int = 1024  # requests waiting per model before RESOURCE_EXHAUSTED
     max_message_bytes: int = 64 * 1024 * 1024

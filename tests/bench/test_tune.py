@@ -216,10 +216,13 @@ def test_config_text_reads_back_and_moves_the_batch_dimension(repository: Path) 
 
 def test_the_grid_starts_with_serves_defaults_and_has_no_duplicates() -> None:
     from onnxforge.bench.tune_points import Flags, flag_grid
+    from onnxforge.cli.serve import serve
 
+    defaults = {param.name: param.default for param in serve.params}
+    first = Flags(defaults["threads"], defaults["spinning"], int(defaults["workers"]))
     for cores in (1, 2, 4):
         grid = flag_grid(cores)
-        assert grid[0] == Flags(0, True, 1) and len(set(grid)) == len(grid)
+        assert grid[0] == first and len(set(grid)) == len(grid)
         assert all(flags.workers <= cores for flags in grid)
         assert all(flags.spinning is None for flags in grid if flags.threads == 1)
 
