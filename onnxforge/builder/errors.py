@@ -20,6 +20,11 @@ def one_line(text: str) -> str:
     return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode(), text)
 
 
+def describe(error: BaseException) -> str:
+    """An exception as one line of words (its name when it has no message)."""
+    return " ".join(str(error).split()) or type(error).__name__
+
+
 class OnnxforgeError(Exception):
     """Base class: the message is one line, names the file and what is wrong."""
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import onnx
 from onnx.external_data_helper import load_external_data_for_model, uses_external_data
 
-from onnxforge.builder.errors import ArtifactError
+from onnxforge.builder.errors import ArtifactError, describe
 from onnxforge.builder.layout import model_path
 
 NOT_FOUND = "file not found"
@@ -66,7 +66,7 @@ def read(
         try:
             load_external_data_for_model(model, str(path.parent))
         except Exception as error:
-            reason = " ".join(str(error).split()) or type(error).__name__
+            reason = describe(error)
             raise ArtifactError(f"{path}: its external data cannot be read: {reason}") from None
         data = model.SerializeToString()
     return OnnxFile(path, data, model)

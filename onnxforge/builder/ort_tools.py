@@ -16,7 +16,7 @@ from typing import Any
 
 import onnx
 
-from onnxforge.builder.errors import ArtifactError
+from onnxforge.builder.errors import ArtifactError, describe
 from onnxforge.builder.onnxgraph import graph_inputs
 
 # The converter's own switch (an environment variable); its default is "all".
@@ -91,7 +91,7 @@ def quiet_ort_tools() -> Iterator[None]:
 
 
 def one_line(error: BaseException) -> str:
-    text = " ".join(str(error).split()) or type(error).__name__
+    text = describe(error)
     # "[ONNXRuntimeError] : 1 : FAIL : reason" -> "reason"
     return re.sub(r"^\[ONNXRuntimeError\]\s*:\s*\d+\s*:\s*\w+\s*:\s*", "", text)
 

@@ -14,6 +14,7 @@ import logging
 from collections.abc import Mapping
 from pathlib import Path
 
+from onnxforge.builder.errors import describe
 from onnxforge.builder.layout import (
     CONFIG_FILE,
     MODEL_FOLDER_PATTERN,
@@ -30,10 +31,6 @@ log = logging.getLogger("onnxforge.server")
 Fingerprint = tuple[tuple[str, int, int], ...]
 
 
-def one_line(error: BaseException) -> str:
-    return " ".join(str(error).split()) or type(error).__name__
-
-
 class SpecBuilds:
     """What the repository's specs say, and the outcome of the last build of each."""
 
@@ -43,6 +40,8 @@ class SpecBuilds:
         self.build_errors: dict[str, str] = {}  # base -> why its last build failed
         self.refused: dict[str, str] = {}  # model -> why its last build was refused
         self._cache: dict[str, tuple[Fingerprint, Spec]] = {}
+        # Staleness reads only a file's metadata, but parsing it reads every weight.
+        self._props: dict[Path, tuple[tuple[int, int], dict[str, str]]] = {}
 
     # ------------------------------------------------------------------ what the specs say
 
@@ -81,7 +80,7 @@ class SpecBuilds:
         try:
             spec = load_spec(path)
         except Exception as error:
-            self.load_errors[base] = f"build failed: {one_line(error)}"
+            self.load_errors[base] = f"build failed: {describe(error)}"
             raise
         self.load_errors.pop(base, None)
         self._cache[base] = (fingerprint, spec)
@@ -108,7 +107,7 @@ class SpecBuilds:
         try:
             spec = self.spec(base)
         except Exception as error:
-            log.error("cannot build %s: %s", base, self.load_errors.get(base, one_line(error)))
+            log.error("cannot build %s: %s", base, self.load_errors.get(base, describe(error)))
             return []
         stale, configs = [], []
         for variant in spec.document.variants:
@@ -126,7 +125,7 @@ class SpecBuilds:
             made, refused = artifacts(spec, stale)
             written = write(self.root, made)
         except Exception as error:  # one broken spec must not stop the others
-            self.build_errors[base] = f"build failed: {one_line(error)}"
+            self.build_errors[base] = f"build failed: {describe(error)}"
             log.error("cannot build %s: %s", base, self.build_errors[base])
             return changed
         self.build_errors.pop(base, None)
@@ -142,14 +141,22 @@ class SpecBuilds:
         return changed + [result.artifact.name for result in written if result.changed]
 
     def _newest_props(self, name: str) -> dict[str, str]:
+        """The newest file's metadata props; a file is parsed again only when it changed."""
         newest = newest_version(self.root / name)
         if newest is None:
             return {}
         from onnxforge.builder import metadata
         from onnxforge.builder.repository import read_model
 
+        path = version_path(self.root, name, newest)
         try:
-            return metadata.props(read_model(version_path(self.root, name, newest)))
+            info = path.stat()
+            key = (info.st_mtime_ns, info.st_size)
+            cached = self._props.get(path)
+            if cached is None or cached[0] != key:
+                cached = (key, metadata.props(read_model(path)))
+                self._props[path] = cached
+            return cached[1]
         except Exception:
             return {}
 

@@ -66,14 +66,16 @@ def parse_config(name: str, config: Mapping[str, Any]) -> ModelConfig:
     _check_int(config, "max_batch_size", "max_batch_size")
     batching = config.get("dynamic_batching", {})
     _check_fields(batching, "dynamic_batching", _DYNAMIC_BATCHING)
-    _check_int(batching, "max_queue_delay_microseconds", "dynamic_batching.")
+    _check_int(
+        batching, "max_queue_delay_microseconds", "dynamic_batching.max_queue_delay_microseconds"
+    )
     groups = config.get("instance_group", [])
     if not isinstance(groups, list):
         raise InvalidRequest("config field 'instance_group' must be a list")
     for index, group in enumerate(groups):
         where = f"instance_group[{index}]"
         _check_fields(group, where, _INSTANCE_GROUP)
-        _check_int(group, "count", f"{where}.", minimum=1)
+        _check_int(group, "count", f"{where}.count", minimum=1)
         if group.get("kind", "KIND_CPU") not in ("KIND_CPU", "KIND_AUTO"):
             raise InvalidRequest(f"config field '{where}.kind' must be KIND_CPU (CPU only)")
     try:
@@ -92,7 +94,8 @@ def _check_fields(value: Any, where: str, allowed: tuple[str, ...]) -> None:
             )
 
 
-def _check_int(value: Mapping[str, Any], key: str, prefix: str, minimum: int = 0) -> None:
+def _check_int(value: Mapping[str, Any], key: str, label: str, minimum: int = 0) -> None:
+    """``value[key]``, when given, is an integer >= ``minimum``; ``label`` names the field."""
     if key not in value:
         return
     number = value[key]
@@ -100,7 +103,6 @@ def _check_int(value: Mapping[str, Any], key: str, prefix: str, minimum: int = 0
     if isinstance(number, str) and number.isdigit():
         number = int(number)
     if isinstance(number, bool) or not isinstance(number, int) or number < minimum:
-        label = key if prefix == key else f"{prefix}{key}"
         raise InvalidRequest(f"config field '{label}' must be an integer >= {minimum}")
 
 

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from onnxforge.builder.errors import describe
 from onnxforge.builder.layout import (
     CONFIG_FILE,
     MODEL_FILE,
@@ -35,7 +36,7 @@ from onnxforge.builder.layout import (
 )
 from onnxforge.builder.triton import ModelConfig, read_config, select_versions
 from onnxforge.server.batcher import BatchStats
-from onnxforge.server.builds import SpecBuilds, one_line
+from onnxforge.server.builds import SpecBuilds
 from onnxforge.server.errors import InvalidRequest, ModelNotFound, ModelNotReady
 from onnxforge.server.model_version import (
     Serving,
@@ -249,7 +250,7 @@ class Registry:
             except Exception as error:
                 keep = serving and previous is not None and self._keeps_serving(previous, error)
                 reason = str(error) if isinstance(error, NotServable) else None
-                reason = reason or f"load failed: {one_line(error)}"
+                reason = reason or f"load failed: {describe(error)}"
                 log.error("%s: %s", name, reason)
                 if keep and previous is not None:
                     previous.note = reason
