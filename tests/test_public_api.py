@@ -190,6 +190,7 @@ PUBLIC: dict[str, list[str]] = {
         "RequestedOutput",
         "ServerMetadata",
     ],
+    "onnxforge.server.model_config": ["BACKEND", "config_json"],
     "onnxforge.server.errors": [
         "Code",
         "DeadlineExceeded",

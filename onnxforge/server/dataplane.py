@@ -1,7 +1,8 @@
 """The data plane: what the server answers, whichever transport carries the question.
 
-Inference, metadata, readiness, statistics and the repository (index, load, unload) take
-and return plain Python and NumPy values and the small dataclasses below; every failure
+Inference, metadata, configuration, readiness, statistics and the repository (index, load,
+unload) take and return plain Python and NumPy values and the small dataclasses below (the
+configuration: Triton's JSON ``ModelConfig``, ``server.model_config``); every failure
 is a ``ServingError`` carrying a transport-free code. A transport (``server.service`` for
 gRPC) only decodes its messages, calls a :class:`DataPlane` and encodes the answer. With
 ``--workers`` the same calls go through ``server.peers.PeeredDataPlane``, which passes
@@ -36,6 +37,7 @@ from onnxforge.protocol.datatypes import from_numpy
 from onnxforge.server import validate
 from onnxforge.server.drain import Drain
 from onnxforge.server.errors import InvalidInput, LoadFailed, ServingError
+from onnxforge.server.model_config import config_json
 from onnxforge.server.model_version import Tensor, Version
 from onnxforge.server.overrides import parse_load_parameters
 from onnxforge.server.registry import PLATFORM, Registry, State
@@ -201,6 +203,7 @@ class DataPlaneAPI(Protocol):
     async def model_ready(self, name: str, version: str = "") -> bool: ...
     async def server_metadata(self) -> ServerMetadata: ...
     async def model_metadata(self, name: str, version: str = "") -> ModelMetadata: ...
+    async def model_config(self, name: str, version: str = "") -> dict[str, Any]: ...
     def inference(self, name: str, version: str = "") -> AbstractAsyncContextManager[Inference]: ...
     async def index(self, ready_only: bool = False) -> list[IndexEntry]: ...
     async def load(self, name: str, parameters: Mapping[str, object] | None = None) -> None: ...
@@ -276,6 +279,12 @@ class DataPlane:
             accuracy=served.accuracy,
             spec_sha256=served.props.get(SPEC_SHA256),
         )
+
+    async def model_config(self, name: str, version: str = "") -> dict[str, Any]:
+        """The model's configuration as it serves, in Triton's JSON shape (``ModelConfig``)."""
+        served = self.registry.get(name, version)
+        override = self.registry.overrides.get(name)
+        return await asyncio.to_thread(config_json, served, self.registry.root, override)
 
     # ------------------------------------------------------------------ inference
 

@@ -192,6 +192,9 @@ class PeeredDataPlane:
     async def model_metadata(self, name: str, version: str = "") -> ModelMetadata:
         return await self.local.model_metadata(name, version)
 
+    async def model_config(self, name: str, version: str = "") -> dict[str, Any]:
+        return await self.local.model_config(name, version)
+
     def inference(self, name: str, version: str = "") -> AbstractAsyncContextManager[Inference]:
         return self.local.inference(name, version)
 
