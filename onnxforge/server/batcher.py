@@ -1,32 +1,41 @@
 """Dynamic batching: concurrent requests for one model merged into one ``session.run``.
 
-One ``Batcher`` per model owns a queue, a background task and one future per request.
-A request that finds the queue empty and an instance free runs at once, started straight
-from :meth:`Batcher.submit` (no queue, no task hop: a lone request never waits). Otherwise
-it is queued; the task, once an instance is free, takes the oldest request, and gathers
-queued requests up to ``max_batch_size`` rows, waiting at most ``max_queue_delay_us`` after
-the oldest request arrived for the batch to fill (not at all when nothing else is queued).
+One ``Batcher`` per model version owns a queue and counts the runs in flight (at most
+``instances`` at a time). It is thread-safe and has two doors: :meth:`Batcher.run` for a
+caller on a thread of its own (the thread-pool gRPC transport) and :meth:`Batcher.submit`
+for a caller on the event loop (HTTP, streams, the asyncio gRPC transport).
+
+**Leader/follower.** A request that finds the queue empty and an instance free runs at
+once, on its caller's thread: no queue, no hop to another thread (a lone request never
+waits). Otherwise it is queued and its caller waits. When a run ends, the instance is
+handed on to the oldest live queued request, whose caller becomes the leader: it takes
+that request and gathers queued requests up to ``max_batch_size`` rows, waiting at most
+``max_queue_delay_us`` after the oldest request arrived for the batch to fill (not at all
+when nothing else is queued), runs them as one batch and answers every request of it,
+then hands the instance on in turn. An event-loop caller never blocks the loop: when it
+is made leader, its batch runs on one of the model's own threads (``executor``).
+
 Inputs are stacked on axis 0, the union of requested outputs is computed once, and every
 request gets back exactly its own rows of exactly the outputs it asked for. An exception
 reaches every request of the batch. Cancelled requests are dropped before they are run;
 requests past their deadline are answered DEADLINE_EXCEEDED without running.
 
-A run (a lone request or a batch) goes to an instance's thread, except for a model measured
-to be quick: once INLINE_AFTER runs in a row each took at most ``inline_us`` (0: never), a
-run of no more rows than those runs on the event loop's own thread, sparing the hop to a
-thread and back (most of a small model's cost). One run over ``inline_us`` sends the model
-back to its thread until it has proved quick again: a model that turns slow holds up the
-loop (and other models) for at most that one run.
+A lone event-loop request to a model measured to be quick (once INLINE_AFTER runs in a row
+each took at most ``inline_us``; 0: never) runs on the loop's own thread, sparing the hop
+to a thread and back. One run over ``inline_us`` sends the model back to its threads until
+it has proved quick again: a model that turns slow holds up the loop for that one run.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Executor
-from dataclasses import dataclass, field
+from concurrent.futures import Executor, ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -34,7 +43,12 @@ from onnxforge.server.errors import DeadlineExceeded, ModelShuttingDown, QueueFu
 
 INLINE_AFTER = 16  # quick lone runs in a row before a lone request runs on the loop
 Arrays = Mapping[str, np.ndarray]
-RunBatch = Callable[[Arrays, Sequence[str]], dict[str, np.ndarray]]
+Results = dict[str, np.ndarray]
+RunBatch = Callable[[Arrays, Sequence[str]], Results]
+
+
+class RequestCancelled(Exception):
+    """The caller of a blocking :meth:`Batcher.run` went away before it was answered."""
 
 
 @dataclass
@@ -47,32 +61,80 @@ class BatchStats:
     compute_ns: int
 
 
-@dataclass
 class _Request:
-    inputs: Arrays
-    outputs: Sequence[str]
-    rows: int
-    future: asyncio.Future[dict[str, np.ndarray]]
-    arrived: int = field(default_factory=time.monotonic_ns)
-    deadline: float | None = None  # time.monotonic() seconds
+    """One request: what it asks, and how its caller hears of the answer."""
+
+    __slots__ = (
+        "arrived",
+        "cancelled",
+        "deadline",
+        "error",
+        "event",
+        "finished",
+        "future",
+        "inputs",
+        "lead",
+        "loop",
+        "outputs",
+        "results",
+        "rows",
+    )
+
+    def __init__(
+        self,
+        inputs: Arrays,
+        outputs: Sequence[str],
+        rows: int,
+        deadline: float | None,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        self.inputs, self.outputs, self.rows, self.deadline = inputs, outputs, rows, deadline
+        self.arrived = time.monotonic_ns()
+        self.results: Results | None = None
+        self.error: BaseException | None = None
+        self.finished = False
+        self.cancelled = False  # the caller left: not to be run
+        self.lead = False  # handed an instance: its caller runs the next batch
+        self.loop = loop  # an event-loop caller's loop; None: a caller on its own thread
+        self.event = threading.Event() if loop is None else None
+        self.future: asyncio.Future[None] | None = None if loop is None else loop.create_future()
+
+    def finish(self, results: Results | None = None, error: BaseException | None = None) -> None:
+        """Answer the request and wake its caller (from any thread)."""
+        self.results, self.error, self.finished = results, error, True
+        self.wake()
+
+    def wake(self) -> None:
+        if self.event is not None:
+            self.event.set()
+        elif self.loop is not None and self.future is not None:
+            # A closed loop raises RuntimeError: nobody is waiting any more.
+            with contextlib.suppress(RuntimeError):
+                self.loop.call_soon_threadsafe(_settle, self.future)
+
+    def outcome(self) -> Results:
+        if self.error is not None:
+            raise self.error
+        assert self.results is not None
+        return self.results
 
 
-@dataclass
+def _settle(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
 class _Filling:
-    """A batch being gathered: woken once ``need`` more rows have been queued, or when due."""
+    """A batch being gathered: its leader is woken once ``need`` more rows are queued."""
 
-    need: int
-    waiter: asyncio.Future[None]
-    rows: int = 0  # queued since the wait began
+    __slots__ = ("need", "rows")
 
-
-def _wake(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
+    def __init__(self, need: int) -> None:
+        self.need, self.rows = need, 0
 
 
 class Batcher:
-    """Queue, background task and futures for one model; see the module docstring."""
+    """Queue and instances of one model version; see the module docstring."""
 
     def __init__(
         self,
@@ -90,79 +152,230 @@ class Batcher:
         self.name = name
         self._run = run
         self.max_batch_size = max(1, max_batch_size)
-        self.max_delay = max_queue_delay_us / 1e6
+        self.max_delay_ns = max_queue_delay_us * 1000
         self.max_queue = max_queue
-        self._executor = executor
         self._instances = max(1, instances)
+        self._own_executor = executor is None
+        self._executor = executor or ThreadPoolExecutor(
+            self._instances, thread_name_prefix=f"batcher-{name}"
+        )
         self._on_batch = on_batch
+        self._lock = threading.Lock()
+        self._filled = threading.Condition(self._lock)  # leaders gathering a batch wait here
         self._queue: collections.deque[_Request] = collections.deque()
-        self._arrived = asyncio.Event()  # a request was queued, or an instance freed
-        self._filling: list[_Filling] = []  # batches being gathered, waiting for rows
-        self._tasks: list[asyncio.Task[None]] = []
+        self._fillings: list[_Filling] = []
         self._closing = False
-        self._in_flight = 0  # batches being computed right now (lone requests included)
+        self._in_flight = 0  # instances running a batch right now (lone requests included)
         self._inline_ns = inline_us * 1000
         self._quick_runs = 0  # runs in a row that took at most inline_us
         self._quick_rows = 0  # the most rows of those
-
-    def start(self) -> None:
-        if not self._tasks:
-            self._tasks = [
-                asyncio.create_task(self._work(), name=f"batcher-{self.name}-{i}")
-                for i in range(self._instances)
-            ]
 
     @property
     def queued(self) -> int:
         return len(self._queue)
 
+    # ------------------------------------------------------------------ the two doors
+
+    def run_blocking(
+        self,
+        inputs: Arrays,
+        outputs: Sequence[str],
+        deadline: float | None = None,
+        on_cancel: Callable[[Callable[[], None]], object] | None = None,
+    ) -> Results:
+        """Run one request on the calling thread's time: lead a batch, or wait for one.
+
+        ``on_cancel(callback)`` registers ``callback`` to be called (from any thread) when
+        the caller goes away; the call then raises :class:`RequestCancelled`.
+        """
+        request = _Request(inputs, outputs, _rows(inputs), deadline)
+        event = request.event
+        assert event is not None
+        if self._admit(request):
+            self._lead(request)
+            return request.outcome()
+        if on_cancel is not None:
+            on_cancel(lambda: self._cancel(request))
+        while True:
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            woken = event.wait(timeout)
+            if request.lead:  # an instance was handed to this request: run the next batch
+                self._lead(request)
+                break
+            if request.finished:
+                break
+            if request.cancelled or not woken:
+                with self._lock:
+                    queued = request in self._queue
+                    if queued:
+                        self._queue.remove(request)
+                if queued:
+                    if request.cancelled:
+                        raise RequestCancelled(self.name)
+                    raise DeadlineExceeded(self.name)
+                event.clear()  # already taken into a batch or handed on: wait for that
+                if not request.lead and not request.finished:
+                    event.wait()
+                continue
+        if request.cancelled and not request.finished:
+            raise RequestCancelled(self.name)
+        return request.outcome()
+
     async def submit(
         self, inputs: Arrays, outputs: Sequence[str], deadline: float | None = None
-    ) -> dict[str, np.ndarray]:
+    ) -> Results:
         """Queue one request (rows on axis 0 of every input) and wait for its outputs."""
-        if self._closing:
-            raise ModelShuttingDown(self.name)
-        if len(self._queue) >= self.max_queue:
-            raise QueueFull(self.name, self.max_queue)
-        rows = len(next(iter(inputs.values())))
         loop = asyncio.get_running_loop()
-        if not self._queue and self._in_flight < self._instances:
-            if deadline is not None and time.monotonic() >= deadline:
-                raise DeadlineExceeded(self.name)
-            if self._inline(rows):
-                return self._run_inline(inputs, outputs, rows)
-            future: asyncio.Future[dict[str, np.ndarray]] = loop.create_future()
-            self._in_flight += 1  # released by _lone_done, on the loop, when the run ends
-            self._start_lone(loop, inputs, outputs, rows, future)
-        else:
-            future = loop.create_future()
-            self._queue.append(_Request(inputs, outputs, rows, future, deadline=deadline))
-            self._arrived.set()
-            for filling in self._filling:  # a batch being gathered: full yet?
-                filling.rows += rows
-                if filling.rows >= filling.need:
-                    _wake(filling.waiter)
-            self.start()
-        return await future
+        request = _Request(inputs, outputs, _rows(inputs), deadline, loop)
+        future = request.future
+        assert future is not None
+        if self._admit(request):
+            if self._inline(request.rows):
+                self._lead(request)  # quick: on the loop's thread, no hop
+                return request.outcome()
+            self._executor.submit(self._lead, request)
+        try:
+            await future
+        except asyncio.CancelledError:
+            request.cancelled = True  # dropped unrun if still queued
+            raise
+        return request.outcome()
 
-    def _run_inline(
-        self, inputs: Arrays, outputs: Sequence[str], rows: int
-    ) -> dict[str, np.ndarray]:
-        """One run on the event loop's thread (for a model measured to be quick)."""
+    def _admit(self, request: _Request) -> bool:
+        """Take an instance for ``request`` (True) or queue it (False); or refuse it."""
+        with self._lock:
+            if self._closing:
+                raise ModelShuttingDown(self.name)
+            if not self._queue and self._in_flight < self._instances:
+                if request.deadline is not None and time.monotonic() >= request.deadline:
+                    raise DeadlineExceeded(self.name)
+                self._in_flight += 1
+                return True
+            if len(self._queue) >= self.max_queue:
+                raise QueueFull(self.name, self.max_queue)
+            self._queue.append(request)
+            for filling in self._fillings:  # a batch being gathered: full yet?
+                filling.rows += request.rows
+                if filling.rows >= filling.need:
+                    self._filled.notify_all()
+            return False
+
+    def _cancel(self, request: _Request) -> None:
+        request.cancelled = True
+        request.wake()
+
+    # ------------------------------------------------------------------ leading
+
+    def _lead(self, first: _Request) -> None:
+        """Gather a batch behind ``first``, run it, answer it, hand the instance on."""
+        try:
+            batch = self._gather(first)
+            self._execute(batch)
+        finally:
+            self._hand_on()
+
+    def _hand_on(self) -> None:
+        """Release this run's instance, or pass it to the oldest live queued request."""
+        with self._lock:
+            if self._live_head():
+                request = self._queue.popleft()
+                request.lead = True
+            else:
+                self._in_flight -= 1
+                return
+        if request.loop is None:
+            request.wake()  # its own thread leads
+        else:
+            try:
+                self._executor.submit(self._lead, request)
+            except RuntimeError:  # the executor is shut down: never leave it waiting
+                request.finish(error=ModelShuttingDown(self.name))
+                with self._lock:
+                    self._in_flight -= 1
+
+    def _gather(self, first: _Request) -> list[_Request]:
+        batch, rows = [first], first.rows
+        with self._lock:
+            if not self._live_head():
+                return batch  # nothing else is waiting: never hold a lone request back
+            due = first.arrived + self.max_delay_ns
+            while rows < self.max_batch_size:
+                if self._live_head():
+                    if rows + self._queue[0].rows > self.max_batch_size:
+                        break
+                    request = self._queue.popleft()
+                    batch.append(request)
+                    rows += request.rows
+                    continue
+                remaining = (due - time.monotonic_ns()) / 1e9
+                if remaining <= 0:
+                    break
+                # Until due, or until enough rows came to fill the batch: not woken per arrival.
+                filling = _Filling(self.max_batch_size - rows)
+                self._fillings.append(filling)
+                try:
+                    self._filled.wait(remaining)
+                finally:
+                    self._fillings.remove(filling)
+        return batch
+
+    def _live_head(self) -> bool:
+        """Drop cancelled and expired requests at the head; is a live one left? (locked)"""
+        now = time.monotonic()
+        queue = self._queue
+        while queue:
+            head = queue[0]
+            if head.cancelled or (head.future is not None and head.future.done()):
+                queue.popleft()
+            elif head.deadline is not None and now >= head.deadline:
+                queue.popleft()
+                head.finish(error=DeadlineExceeded(self.name))
+            else:
+                return True
+        return False
+
+    def _execute(self, batch: list[_Request]) -> None:
+        batch = [request for request in batch if not request.cancelled]
+        if not batch:
+            return
+        if len(batch) == 1:
+            wanted = list(batch[0].outputs)
+            stacked = batch[0].inputs
+        else:
+            wanted = list(dict.fromkeys(name for request in batch for name in request.outputs))
+            names = list(batch[0].inputs)
+            stacked = {name: np.concatenate([r.inputs[name] for r in batch]) for name in names}
         started = time.monotonic_ns()
         try:
-            every = self._run(inputs, list(outputs))
-        except Exception:
+            results = self._run(stacked, wanted)
+        except Exception as error:  # every waiting request must hear of it
             self._quick_runs = self._quick_rows = 0
-            raise
-        elapsed = time.monotonic_ns() - started
-        self._note(rows, elapsed)
+            for request in batch:
+                request.finish(error=error)
+            return
+        finished = time.monotonic_ns()
+        elapsed = finished - started
+        rows = 0
+        if len(batch) == 1:
+            request = batch[0]
+            rows = request.rows
+            request.finish({name: results[name] for name in request.outputs})
+        else:
+            for request in batch:
+                end = rows + request.rows
+                request.finish({name: results[name][rows:end] for name in request.outputs})
+                rows = end
+        if self._inline_ns > 0:
+            self._note(rows, elapsed)
         if self._on_batch is not None:
-            self._on_batch(BatchStats(1, rows, [0], elapsed))
-        return {name: every[name] for name in outputs}
+            self._on_batch(
+                BatchStats(len(batch), rows, [started - r.arrived for r in batch], elapsed)
+            )
+
+    # ------------------------------------------------------------------ quick models
 
     def _inline(self, rows: int) -> bool:
-        """Whether a run of ``rows`` goes on the loop's thread (the model proved quick)."""
+        """Whether a lone loop request of ``rows`` runs on the loop's thread."""
         return self._quick_runs >= INLINE_AFTER and rows <= self._quick_rows
 
     def _note(self, rows: int, elapsed_ns: int) -> None:
@@ -173,174 +386,21 @@ class Batcher:
         else:
             self._quick_runs = self._quick_rows = 0
 
-    def _start_lone(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        inputs: Arrays,
-        outputs: Sequence[str],
-        rows: int,
-        future: asyncio.Future[dict[str, np.ndarray]],
-    ) -> None:
-        """Run one request on an instance's thread; its future is set back on the loop."""
-        run, report = self._run, self._on_batch
-
-        def work() -> None:
-            started = time.monotonic_ns()
-            try:
-                every = run(inputs, list(outputs))
-                results = {name: every[name] for name in outputs}
-            except Exception as error:  # the caller must hear of it
-                loop.call_soon_threadsafe(self._lone_done, future, None, error, rows, -1)
-                return
-            elapsed = time.monotonic_ns() - started
-            # Reported from the thread: a run whose caller left still counts.
-            if report is not None:
-                report(BatchStats(1, rows, [0], elapsed))
-            loop.call_soon_threadsafe(self._lone_done, future, results, None, rows, elapsed)
-
-        try:
-            if self._executor is None:
-                loop.run_in_executor(None, work)
-            else:
-                self._executor.submit(work)
-        except BaseException:
-            self._in_flight -= 1
-            raise
-
-    def _lone_done(
-        self,
-        future: asyncio.Future[dict[str, np.ndarray]],
-        results: dict[str, np.ndarray] | None,
-        error: Exception | None,
-        rows: int,
-        elapsed_ns: int,  # -1: the run failed
-    ) -> None:
-        self._in_flight -= 1
-        if self._inline_ns > 0:
-            self._note(rows, elapsed_ns if elapsed_ns >= 0 else self._inline_ns + 1)
-        if self._queue:
-            self._arrived.set()  # an instance is free for what queued meanwhile
-        if future.done():
-            return  # the caller left
-        if error is not None:
-            future.set_exception(error)
-        else:
-            assert results is not None
-            future.set_result(results)
+    # ------------------------------------------------------------------ closing
 
     async def close(self) -> None:
-        """Finish everything queued, then stop the background tasks."""
-        self._closing = True
-        while self._queue or self._in_flight:
-            await asyncio.sleep(0.001)
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks = []
-
-    async def _work(self) -> None:
+        """Finish everything queued and running, then release the batcher's own threads."""
+        with self._lock:
+            self._closing = True
         while True:
-            batch = await self._next_batch()  # counts itself in flight
-            try:
-                await self._execute(batch)
-            finally:
-                self._in_flight -= 1
-                if self._queue:
-                    self._arrived.set()  # another task may wait for a free instance
-
-    async def _next_batch(self) -> list[_Request]:
-        # A live request, and an instance free for it (a lone request may hold one).
-        while not (self._live_head() and self._in_flight < self._instances):
-            self._arrived.clear()
-            await self._arrived.wait()
-        first = self._queue.popleft()
-        self._in_flight += 1  # from here on close() must wait for this batch
-        batch, rows = [first], first.rows
-        if not self._live_head():
-            return batch  # nothing else is waiting: never hold a lone request back
-        due = first.arrived / 1e9 + self.max_delay
-        while rows < self.max_batch_size:
-            if self._live_head():
-                if rows + self._queue[0].rows > self.max_batch_size:
-                    break
-                request = self._queue.popleft()
-                batch.append(request)
-                rows += request.rows
-                continue
-            remaining = due - time.monotonic_ns() / 1e9
-            if remaining <= 0:
+            with self._lock:
+                busy = bool(self._queue) or self._in_flight > 0
+            if not busy:
                 break
-            # Until due, or until enough rows came to fill the batch: not woken per arrival.
-            loop = asyncio.get_running_loop()
-            filling = _Filling(self.max_batch_size - rows, loop.create_future())
-            self._filling.append(filling)
-            timer = loop.call_later(remaining, _wake, filling.waiter)
-            try:
-                await filling.waiter
-            finally:
-                timer.cancel()
-                self._filling.remove(filling)
-        return batch
+            await asyncio.sleep(0.001)
+        if self._own_executor:
+            await asyncio.to_thread(self._executor.shutdown, wait=True)
 
-    def _timed(self, inputs: Arrays, outputs: Sequence[str]) -> tuple[dict[str, np.ndarray], int]:
-        """One run and how long it took (ns), measured where it ran."""
-        started = time.monotonic_ns()
-        results = self._run(inputs, outputs)
-        return results, time.monotonic_ns() - started
 
-    def _live_head(self) -> bool:
-        """Drop cancelled and expired requests at the head; is a live one left?"""
-        now = time.monotonic()
-        while self._queue:
-            head = self._queue[0]
-            if head.future.done():
-                self._queue.popleft()  # cancelled by its caller
-            elif head.deadline is not None and now >= head.deadline:
-                self._queue.popleft()
-                head.future.set_exception(DeadlineExceeded(self.name))
-            else:
-                return True
-        return False
-
-    async def _execute(self, batch: list[_Request]) -> None:
-        batch = [request for request in batch if not request.future.done()]
-        if not batch:
-            return
-        wanted = list(dict.fromkeys(name for request in batch for name in request.outputs))
-        names = list(batch[0].inputs)
-        if len(batch) == 1:
-            stacked = dict(batch[0].inputs)
-        else:
-            stacked = {name: np.concatenate([r.inputs[name] for r in batch]) for name in names}
-        rows = sum(request.rows for request in batch)
-        started = time.monotonic_ns()
-        try:
-            if self._inline(rows):
-                results, elapsed = self._timed(stacked, wanted)
-            else:
-                loop = asyncio.get_running_loop()
-                ran = loop.run_in_executor(self._executor, self._timed, stacked, wanted)
-                results, elapsed = await ran
-        except Exception as error:  # every waiting request must hear of it
-            self._quick_runs = self._quick_rows = 0
-            for request in batch:
-                if not request.future.done():
-                    request.future.set_exception(error)
-            return
-        finished = time.monotonic_ns()
-        if self._inline_ns > 0:
-            self._note(rows, elapsed)
-        offset = 0
-        for request in batch:
-            end = offset + request.rows
-            if not request.future.done():
-                request.future.set_result(
-                    {name: results[name][offset:end] for name in request.outputs}
-                )
-            offset = end
-        if self._on_batch is not None:
-            self._on_batch(
-                BatchStats(
-                    len(batch), offset, [started - r.arrived for r in batch], finished - started
-                )
-            )
+def _rows(inputs: Arrays) -> int:
+    return len(next(iter(inputs.values())))

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
-import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -54,7 +53,7 @@ class Version:
     outputs: dict[str, Tensor]
     props: dict[str, str]
     serving: Serving
-    batcher: Batcher | None = None
+    batcher: Batcher | None = None  # merges concurrent requests; None: one request per run
     report: Callable[[BatchStats], None] | None = None  # told about every session run
     # Threads of this model alone: a slow model's backlog never holds up another model.
     executor: ThreadPoolExecutor = field(
@@ -85,26 +84,38 @@ class Version:
     async def infer(
         self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str], deadline: float | None
     ) -> dict[str, np.ndarray]:
-        if self.batcher is not None:
-            return await self.batcher.submit(inputs, outputs, deadline)
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.executor, self._run_and_report, inputs, outputs)
+        """Run from the event loop: batched, or on the model's threads (``server.batcher``)."""
+        return await self.runs.submit(inputs, outputs, deadline)
 
-    def _run_and_report(
-        self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str]
+    def infer_blocking(
+        self,
+        inputs: Mapping[str, np.ndarray],
+        outputs: Sequence[str],
+        deadline: float | None,
+        on_cancel: Callable[[Callable[[], None]], object] | None = None,
     ) -> dict[str, np.ndarray]:
-        # Reported from the worker thread: a run whose caller left still counts.
-        started = time.monotonic_ns()
-        results = self.run(inputs, outputs)
-        if self.report is not None:
-            rows = len(next(iter(inputs.values()))) if inputs else 0
-            self.report(BatchStats(1, rows, [0], time.monotonic_ns() - started))
-        return results
+        """Run from a transport's own thread, which leads a batch or waits for one."""
+        return self.runs.run_blocking(inputs, outputs, deadline, on_cancel)
+
+    @functools.cached_property
+    def runs(self) -> Batcher:
+        """Every run goes through one: the batcher, or one request per run at a time."""
+        if self.batcher is not None:
+            return self.batcher
+        return Batcher(
+            self.model,
+            self.run,
+            max_batch_size=1,
+            max_queue_delay_us=0,
+            max_queue=self.serving.max_queue,
+            instances=self.serving.instances,
+            executor=self.executor,
+            on_batch=self.report,
+        )
 
     async def close(self) -> None:
         """Finish what is queued and running, then release the threads."""
-        if self.batcher is not None:
-            await self.batcher.close()
+        await self.runs.close()
         await asyncio.to_thread(self.executor.shutdown, wait=True)
 
 
@@ -164,7 +175,8 @@ def attach_batcher(
     if on_batch is not None:
         version.report = lambda stats: on_batch(version.model, version.version, stats)
     if version.serving.max_batch_size <= 0 or not batching:
-        return  # every request runs on its own, straight from the event loop's threads
+        version.runs  # made now, before requests from several threads race to make it  # noqa: B018
+        return  # every request runs on its own
     version.batcher = Batcher(
         version.model,
         version.run,

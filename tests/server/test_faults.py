@@ -140,17 +140,15 @@ def _slow_down(server: ServerThread, name: str, delay: float) -> SlowSession:
     return slow
 
 
-def _batcher_tasks(server: ServerThread) -> list[str]:
-    """Names of the batcher tasks alive on the server's event loop."""
-
-    async def names() -> list[str]:
-        return sorted(
-            task.get_name()
-            for task in asyncio.all_tasks()
-            if task.get_name().startswith("batcher-") and not task.done()
-        )
-
-    return server.call(names())  # type: ignore[return-value]
+def _busy_batchers(server: ServerThread) -> list[str]:
+    """Versions whose batcher still holds a queued request or a run (none, once settled)."""
+    assert server.running is not None
+    return sorted(
+        f"{name}/{number}"
+        for name, entry in server.running.registry.entries.items()
+        for number, version in entry.versions.items()
+        if version.runs.queued or version.runs._in_flight
+    )
 
 
 def _queued(server: ServerThread) -> dict[str, int]:
@@ -166,19 +164,6 @@ def _queued(server: ServerThread) -> dict[str, int]:
 def _settled(server: ServerThread) -> bool:
     assert server.running is not None
     return server.running.plane.drain.in_flight == 0 and not any(_queued(server).values())
-
-
-def _expected_batchers(server: ServerThread) -> list[str]:
-    """One task per instance of every started batcher of a READY model: nothing else."""
-    assert server.running is not None
-    return sorted(
-        f"batcher-{name}-{i}"
-        for name, entry in server.running.registry.entries.items()
-        if entry.state == State.READY
-        for version in entry.versions.values()
-        if version.batcher is not None
-        for i in range(len(version.batcher._tasks))
-    )
 
 
 def _model_threads() -> int:
@@ -198,11 +183,9 @@ def _thread_allowance(server: ServerThread) -> int:
 
 
 def _nothing_replaced_left(server: ServerThread, threads_before: int) -> bool:
-    """Only READY versions have batcher tasks, and no more session threads than they may."""
+    """No batcher holds anything, and no more session threads than READY versions may."""
     alive = _model_threads() - threads_before
-    return _batcher_tasks(server) == _expected_batchers(server) and (
-        alive <= _thread_allowance(server)
-    )
+    return not _busy_batchers(server) and alive <= _thread_allowance(server)
 
 
 def _index(address: str) -> dict[str, pb.RepositoryIndexResponse.ModelIndex]:
@@ -454,7 +437,7 @@ def test_unload_reload_and_watch_changes_under_traffic(tmp_path: Path) -> None:
         elapsed = time.monotonic() - began
         try:
             wait_until(lambda: _settled(server), "server settled")
-            leftover = _batcher_tasks(server), _expected_batchers(server)
+            leftover = _busy_batchers(server)
             session_threads = _model_threads() - threads_before, _thread_allowance(server)
         finally:
             server.stop()
@@ -468,8 +451,7 @@ def test_unload_reload_and_watch_changes_under_traffic(tmp_path: Path) -> None:
     assert not tally.refused["beta"] and not tally.refused["delta"]
     assert tally.refused["alpha"] > 0 and tally.refused["gamma"] > 0  # the faults did land
     assert all(tally.answered[name] > 100 for name in paths)
-    tasks, expected = leftover
-    assert tasks == expected, "batcher tasks of replaced or unloaded models are still alive"
+    assert leftover == [], "batchers still hold requests or runs"
     alive, allowed = session_threads
     assert alive <= allowed, "threads of replaced or unloaded versions are still alive"
 
@@ -548,8 +530,7 @@ def test_a_load_racing_an_unload_leaves_no_batcher_behind(tmp_path: Path) -> Non
                 outcomes.append(
                     (
                         state.value,
-                        _batcher_tasks(server),
-                        _expected_batchers(server),
+                        _busy_batchers(server),
                         session_threads,
                     )
                 )
@@ -559,11 +540,11 @@ def test_a_load_racing_an_unload_leaves_no_batcher_behind(tmp_path: Path) -> Non
             thread.join(WAIT)
         server.stop()
     print(
-        "\n(b) load racing unload, (state, batcher tasks, expected, (session threads, "
+        "\n(b) load racing unload, (state, busy batchers, (session threads, "
         f"allowed)) per round: {outcomes}"
     )
-    for _state, tasks, expected, (alive, allowed) in outcomes:
-        assert tasks == expected, "a batcher of a replaced entry is still alive"
+    for _state, busy, (alive, allowed) in outcomes:
+        assert busy == [], "a batcher still holds requests or runs"
         assert alive <= allowed, "threads of a replaced entry are still alive"
 
 
@@ -619,13 +600,13 @@ def test_a_broken_spec_under_watch_keeps_the_old_version_serving(tmp_path: Path)
         try:
             wait_until(lambda: _settled(server), "server settled")
             index = _index(server.address)["alpha"]
-            leftover = _batcher_tasks(server), _expected_batchers(server)
+            leftover = _busy_batchers(server)
         finally:
             server.stop()
     print(f"\n(b) broken spec under watch: {tally.table()}; refusals {refusals[:3]}")
     assert not refusals and not tally.lost_why
     assert index.state == "READY" and "previous version still serving" in index.reason
-    assert leftover[0] == leftover[1], "the replaced entry's batcher is still alive"
+    assert leftover == [], "a batcher still holds requests or runs"
 
 
 # ---------------------------------------------------------------------------- (c) SIGTERM
@@ -751,7 +732,7 @@ def _after_the_fault(
         lambda: _statistics(server.address, "alpha").execution_count == runs,
         f"ModelStatistics counting the {runs} session run(s)",
     )
-    assert _batcher_tasks(server) == _expected_batchers(server) == ["batcher-alpha-0"]
+    assert _busy_batchers(server) == []
     slow.delay = 0.0
     with InferenceClient(server.address) as client:
         np.testing.assert_allclose(
