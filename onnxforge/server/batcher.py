@@ -353,24 +353,25 @@ class Batcher:
             for request in batch:
                 request.finish(error=error)
             return
-        finished = time.monotonic_ns()
-        elapsed = finished - started
-        rows = 0
+        elapsed = time.monotonic_ns() - started
         if len(batch) == 1:
-            request = batch[0]
-            rows = request.rows
-            request.finish({name: results[name] for name in request.outputs})
+            answers = [{name: results[name] for name in batch[0].outputs}]
+            rows = batch[0].rows
         else:
+            answers, rows = [], 0
             for request in batch:
                 end = rows + request.rows
-                request.finish({name: results[name][rows:end] for name in request.outputs})
+                answers.append({name: results[name][rows:end] for name in request.outputs})
                 rows = end
         if self._inline_ns > 0:
             self._note(rows, elapsed)
+        # Counted before anyone is answered: an answer's statistics already include its run.
         if self._on_batch is not None:
             self._on_batch(
                 BatchStats(len(batch), rows, [started - r.arrived for r in batch], elapsed)
             )
+        for request, answer in zip(batch, answers, strict=True):
+            request.finish(answer)
 
     # ------------------------------------------------------------------ quick models
 
