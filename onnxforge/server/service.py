@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Final, TypeVar
 
 import grpc
+from google.protobuf import json_format
 from google.protobuf.message import DecodeError
 
 from onnxforge.protocol.generated import inference_pb2 as pb
@@ -155,6 +156,14 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[mi
         # The protocol's message has no free-form fields: these travel as headers.
         await context.send_initial_metadata(metadata.headers())
         return messages.model_metadata(metadata)
+
+    @_answers
+    async def ModelConfig(
+        self, request: pb.ModelConfigRequest, context: Any
+    ) -> pb.ModelConfigResponse:
+        # The data plane answers Triton's JSON shape, whose field names are the message's.
+        found = await self.plane.model_config(request.name, request.version)
+        return pb.ModelConfigResponse(config=json_format.ParseDict(found, pb.ModelConfig()))
 
     # ------------------------------------------------------------------ inference
 

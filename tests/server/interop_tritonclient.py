@@ -133,8 +133,8 @@ class Run:
         unknown = [triton.InferRequestedOutput("logits")]
         self.step("unknown_output", lambda: self.failing(x, outputs=unknown))
         self.step("metadata_unknown", lambda: client.get_model_metadata("nope"))
-        # Triton's ModelConfig needs model_config.proto, which the server leaves out.
-        self.step("model_config", lambda: client.get_model_config(MODEL))
+        self.step("model_config", lambda: client.get_model_config(MODEL, as_json=True))
+        self.step("model_config_unknown", lambda: client.get_model_config("nope"))
         self.step("after_errors", lambda: self.infer("after_errors", x[:2]))
 
         self.step("stats_after", lambda: client.get_inference_statistics(MODEL, as_json=True))

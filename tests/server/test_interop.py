@@ -212,8 +212,10 @@ def test_tritonclient_sees_the_right_status_and_message(triton: Triton) -> None:
     )
     refused(triton["unknown_output"], "StatusCode.INVALID_ARGUMENT", "no output 'logits'")
     refused(triton["metadata_unknown"], "StatusCode.NOT_FOUND", "model 'nope' not found")
-    # ModelConfig is left out of our proto (it needs Triton's model_config.proto).
-    refused(triton["model_config"], "StatusCode.UNIMPLEMENTED", "")
+    refused(triton["model_config_unknown"], "StatusCode.NOT_FOUND", "model 'nope' not found")
+    # The full comparison with config.pbtxt is tests/server/test_model_config.py's.
+    config = triton["model_config"]["config"]
+    assert (config["name"], config["platform"]) == ("digits-mlp", "onnxruntime_onnx")
 
 
 @needs_tritonclient

@@ -176,6 +176,81 @@ SPEC: dict[str, list[tuple[str, int, str, bool]]] = {
         ("parameters", 3, "m:RepositoryModelUnloadRequest.ParametersEntry", True),
     ],
     "RepositoryModelUnloadResponse": [],
+    # ModelConfig: the part of Triton's model_config.proto that onnxforge fills.
+    "ModelConfigRequest": [("name", 1, "string", False), ("version", 2, "string", False)],
+    "ModelConfigResponse": [("config", 1, "m:ModelConfig", False)],
+    "ModelConfig": [
+        ("name", 1, "string", False),
+        ("platform", 2, "string", False),
+        ("backend", 17, "string", False),
+        ("version_policy", 3, "m:ModelVersionPolicy", False),
+        ("max_batch_size", 4, "int32", False),
+        ("input", 5, "m:ModelInput", True),
+        ("output", 6, "m:ModelOutput", True),
+        ("instance_group", 7, "m:ModelInstanceGroup", True),
+        ("default_model_filename", 8, "string", False),
+        ("dynamic_batching", 11, "m:ModelDynamicBatching", False),
+        ("parameters", 14, "m:ModelConfig.ParametersEntry", True),
+    ],
+    "ModelVersionPolicy": [
+        ("latest", 1, "m:ModelVersionPolicy.Latest", False),
+        ("all", 2, "m:ModelVersionPolicy.All", False),
+        ("specific", 3, "m:ModelVersionPolicy.Specific", False),
+    ],
+    "ModelVersionPolicy.Latest": [("num_versions", 1, "uint32", False)],
+    "ModelVersionPolicy.All": [],
+    "ModelVersionPolicy.Specific": [("versions", 1, "int64", True)],
+    "ModelInput": [
+        ("name", 1, "string", False),
+        ("data_type", 2, "e:DataType", False),
+        ("format", 3, "e:ModelInput.Format", False),
+        ("dims", 4, "int64", True),
+        ("is_shape_tensor", 6, "bool", False),
+        ("allow_ragged_batch", 7, "bool", False),
+        ("optional", 8, "bool", False),
+    ],
+    "ModelOutput": [
+        ("name", 1, "string", False),
+        ("data_type", 2, "e:DataType", False),
+        ("dims", 3, "int64", True),
+        ("label_filename", 4, "string", False),
+        ("is_shape_tensor", 6, "bool", False),
+    ],
+    "ModelInstanceGroup": [
+        ("name", 1, "string", False),
+        ("kind", 4, "e:ModelInstanceGroup.Kind", False),
+        ("count", 2, "int32", False),
+        ("gpus", 3, "int32", True),
+    ],
+    "ModelDynamicBatching": [
+        ("preferred_batch_size", 1, "int32", True),
+        ("max_queue_delay_microseconds", 2, "uint64", False),
+        ("preserve_ordering", 3, "bool", False),
+    ],
+    "ModelParameter": [("string_value", 1, "string", False)],
+}
+
+# Enum values of model_config.proto, by number.
+ENUMS: dict[str, dict[str, int]] = {
+    "DataType": {
+        "TYPE_INVALID": 0,
+        "TYPE_BOOL": 1,
+        "TYPE_UINT8": 2,
+        "TYPE_UINT16": 3,
+        "TYPE_UINT32": 4,
+        "TYPE_UINT64": 5,
+        "TYPE_INT8": 6,
+        "TYPE_INT16": 7,
+        "TYPE_INT32": 8,
+        "TYPE_INT64": 9,
+        "TYPE_FP16": 10,
+        "TYPE_FP32": 11,
+        "TYPE_FP64": 12,
+        "TYPE_STRING": 13,
+        "TYPE_BF16": 14,
+    },
+    "ModelInput.Format": {"FORMAT_NONE": 0, "FORMAT_NHWC": 1, "FORMAT_NCHW": 2},
+    "ModelInstanceGroup.Kind": {"KIND_AUTO": 0, "KIND_GPU": 1, "KIND_CPU": 2, "KIND_MODEL": 3},
 }
 
 # Map fields: value type of each map<string, V>.
@@ -188,6 +263,7 @@ MAPS: dict[str, str] = {
     "ModelStatistics.ResponseStatsEntry": "InferResponseStatistics",
     "RepositoryModelLoadRequest.ParametersEntry": "ModelRepositoryParameter",
     "RepositoryModelUnloadRequest.ParametersEntry": "ModelRepositoryParameter",
+    "ModelConfig.ParametersEntry": "ModelParameter",
 }
 
 # rpc name -> (request, response, client streaming, server streaming)
@@ -199,6 +275,7 @@ RPCS: dict[str, tuple[str, str, bool, bool]] = {
     "ModelMetadata": ("ModelMetadataRequest", "ModelMetadataResponse", False, False),
     "ModelInfer": ("ModelInferRequest", "ModelInferResponse", False, False),
     "ModelStreamInfer": ("ModelInferRequest", "ModelStreamInferResponse", True, True),
+    "ModelConfig": ("ModelConfigRequest", "ModelConfigResponse", False, False),
     "ModelStatistics": ("ModelStatisticsRequest", "ModelStatisticsResponse", False, False),
     "RepositoryIndex": ("RepositoryIndexRequest", "RepositoryIndexResponse", False, False),
     "RepositoryModelLoad": (
@@ -244,7 +321,9 @@ def test_generated_code_matches_the_proto_file() -> None:
 
 
 def test_generated_modules_import_without_warnings() -> None:
-    code = "import onnxforge.protocol.generated.inference_pb2_grpc"
+    code = "import onnxforge.protocol.generated." + ", onnxforge.protocol.generated.".join(
+        f"{name}_pb2_grpc" for name in ("inference", "health", "reflection")
+    )
     result = subprocess.run(
         [sys.executable, "-W", "error", "-c", code],
         capture_output=True,
@@ -292,6 +371,8 @@ def test_message_fields_match_the_public_specification(message: str) -> None:
             field.number,
             f"m:{field.message_type.full_name.removeprefix('inference.')}"
             if field.type == FieldDescriptor.TYPE_MESSAGE
+            else f"e:{field.enum_type.full_name.removeprefix('inference.')}"
+            if field.type == FieldDescriptor.TYPE_ENUM
             else next(k for k, v in _SCALAR_TYPES.items() if v == field.type),
             field.is_repeated,
         )
@@ -312,6 +393,12 @@ def test_every_message_of_the_file_is_in_the_specification_table() -> None:
         for name in walk(top)
     }
     assert names == set(SPEC) | set(MAPS)
+
+
+@pytest.mark.parametrize("enum", sorted(ENUMS))
+def test_enum_values_match_the_public_specification(enum: str) -> None:
+    descriptor = POOL.FindEnumTypeByName(f"inference.{enum}")
+    assert {value.name: value.number for value in descriptor.values} == ENUMS[enum]
 
 
 @pytest.mark.parametrize(("entry", "value_type"), sorted(MAPS.items()))
