@@ -191,6 +191,9 @@ PUBLIC: dict[str, list[str]] = {
         "ServerMetadata",
     ],
     "onnxforge.server.model_config": ["BACKEND", "config_json"],
+    "onnxforge.server.health": ["HEALTH_SERVICE", "LIVE_SERVICE", "HealthServicer", "HealthSync"],
+    "onnxforge.server.reflection": ["REFLECTION_SERVICE", "ReflectionServicer"],
+    "onnxforge.protocol.pool": ["POOL"],
     "onnxforge.server.errors": [
         "Code",
         "DeadlineExceeded",
@@ -218,6 +221,23 @@ PUBLIC: dict[str, list[str]] = {
         "Tensor",
         "Version",
     ],
+    "onnxforge.server.rest": ["HttpServer", "start_http"],
+    "onnxforge.server.rest.codec": [
+        "EncodedResponse",
+        "HEADER_LENGTH",
+        "HttpInferRequest",
+        "decode_request",
+        "encode_response",
+        "plain_parameters",
+    ],
+    "onnxforge.server.rest.errors": [
+        "BodyTooLarge",
+        "INTERNAL_MESSAGE",
+        "error_response",
+        "middleware",
+    ],
+    "onnxforge.server.rest.routes": ["EXTENSIONS", "Routes"],
+    "onnxforge.server.rest.server": ["HttpServer", "start_http"],
 }
 
 

@@ -18,14 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1._async import HealthServicer  # what grpc_health.v1.health.aio names
-from grpc_reflection.v1alpha import reflection
 
 from onnxforge.server.dataplane import DataPlane
-from onnxforge.server.health import HealthSync
+from onnxforge.server.health import HEALTH_SERVICE, HealthServicer, HealthSync
 from onnxforge.server.metrics import Metrics
 from onnxforge.server.peers import PeeredDataPlane, PeerMark, Peers
+from onnxforge.server.reflection import REFLECTION_SERVICE, ReflectionServicer
 from onnxforge.server.registry import Registry
 from onnxforge.server.security import Security
 from onnxforge.server.service import SERVICE_NAME, InferenceService, register
@@ -149,16 +147,9 @@ async def create_server(settings: Settings) -> Running:
     ]
     server = grpc.aio.server(options=options, interceptors=interceptors)
     register(service, server)
-    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    health.add_to(server)
     # Reflection lets grpcurl and other tools work without the .proto file.
-    reflection.enable_server_reflection(
-        [
-            SERVICE_NAME,
-            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-            reflection.SERVICE_NAME,
-        ],
-        server,
-    )
+    ReflectionServicer([SERVICE_NAME, HEALTH_SERVICE, REFLECTION_SERVICE]).add_to(server)
     address = f"{settings.host}:{settings.port}"
     try:
         if security.tls:
