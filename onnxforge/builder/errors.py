@@ -10,7 +10,9 @@ The command line prints the message on one line and exits with code 2 for all of
 
 from __future__ import annotations
 
+import difflib
 import re
+from collections.abc import Mapping, Sequence
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -23,6 +25,25 @@ def one_line(text: str) -> str:
 def describe(error: BaseException) -> str:
     """An exception as one line of words (its name when it has no message)."""
     return " ".join(str(error).split()) or type(error).__name__
+
+
+def did_you_mean(
+    word: str, known: Sequence[str], aliases: Mapping[str, Sequence[str]] | None = None
+) -> str:
+    """`` (did you mean 'silu'?)`` for a misspelt or foreign name, or ``""``.
+
+    Tried in order: the same name in another case or with '-'/' ' for '_'; another
+    library's name for it (``aliases``, keyed by the normalised word); the known names it
+    is the first word of (``he`` -> he_normal, he_uniform); then the closest spelling.
+    """
+    plain = re.sub(r"[-\s]+", "_", word.strip().lower())
+    close = [name for name in known if name == plain]
+    close = close or list((aliases or {}).get(plain, ()))
+    close = close or [name for name in known if plain and name.startswith(plain + "_")]
+    close = close or difflib.get_close_matches(plain, known, n=1)
+    if not close or close == [word]:
+        return ""
+    return f" (did you mean {' or '.join(repr(name) for name in close)}?)"
 
 
 class OnnxforgeError(Exception):

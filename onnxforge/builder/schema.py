@@ -21,6 +21,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from onnxforge.builder.activations import ACTIVATIONS, GELU_APPROXIMATIONS
+from onnxforge.builder.errors import did_you_mean
 from onnxforge.builder.layout import VARIANTS as VARIANTS  # the one list, re-exported
 
 INIT_SCHEMES = (
@@ -36,6 +37,28 @@ INIT_SCHEMES = (
     "uniform",
     "zeros",
 )
+
+# Other libraries' names (and spellings) for ours, keyed lowercase with '_' for '-' and ' ':
+# a spec copied from Keras or PyTorch gets "did you mean" instead of only a list.
+ACTIVATION_ALIASES = {
+    "swish": ("silu",),
+    "linear": ("identity",),
+    "none": ("identity",),
+    "logistic": ("sigmoid",),
+    "leakyrelu": ("leaky_relu",),
+    "lrelu": ("leaky_relu",),
+    "logsoftmax": ("log_softmax",),
+    "hardsigmoid": ("hard_sigmoid",),
+}
+INIT_ALIASES = {
+    "kaiming": ("he_normal", "he_uniform"),
+    "kaiming_normal": ("he_normal",),
+    "kaiming_uniform": ("he_uniform",),
+    "msra": ("he_normal",),
+    "gaussian": ("normal",),
+    "random_normal": ("normal",),
+    "random_uniform": ("uniform",),
+}
 
 MODEL_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 TENSOR_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.:-]{0,63}$"
@@ -100,8 +123,12 @@ class Activation(StrictModel):
         if self.name not in ACTIVATIONS:
             raise PydanticCustomError(
                 "spec_unknown_activation",
-                "unknown activation '{name}' (known: {known})",
-                {"name": self.name, "known": ", ".join(ACTIVATIONS)},
+                "unknown activation '{name}'{hint}; known: {known}",
+                {
+                    "name": self.name,
+                    "hint": did_you_mean(self.name, list(ACTIVATIONS), ACTIVATION_ALIASES),
+                    "known": ", ".join(ACTIVATIONS),
+                },
             )
         takes = ACTIVATIONS[self.name]
         for param in ("alpha", "beta", "gamma", "approximate"):
@@ -144,6 +171,25 @@ class DenseLayer(StrictModel):
     units: Dim
     activation: ActivationField = IDENTITY
     init: Literal[INIT_SCHEMES] = "glorot_uniform"  # type: ignore[valid-type]
+
+    @field_validator("init", mode="before")
+    @classmethod
+    def _known_init(cls, value: Any) -> Any:
+        # A name the Literal would refuse, refused here with a suggestion (other types: by it).
+        if isinstance(value, str) and value not in INIT_SCHEMES:
+            listed = ", ".join(repr(name) for name in INIT_SCHEMES[:-1])
+            raise PydanticCustomError(
+                "spec_unknown_init",
+                "must be {listed} or '{last}', got '{got}'{hint}",
+                {
+                    "listed": listed,
+                    "last": INIT_SCHEMES[-1],
+                    "got": value,
+                    "hint": did_you_mean(value, INIT_SCHEMES, INIT_ALIASES),
+                },
+            )
+        return value
+
     use_bias: bool = True  # false: no bias parameter (PyTorch bias=False, Keras use_bias=False)
 
 

@@ -33,6 +33,12 @@ def console() -> Console:
     )
 
 
+def say(text: str) -> None:
+    """A line of plain output on stdout; nothing with --quiet."""
+    if not OUTPUT["quiet"]:
+        click.echo(text)
+
+
 @contextlib.contextmanager
 def progress(description: str, total: int) -> Iterator[Callable[[str], None]]:
     """A progress bar on stderr for work of ``total`` steps; silent unless stderr is a terminal.
@@ -102,6 +108,20 @@ def parse_variants(text: str | None) -> list[str] | None:
             param_hint="--variants",
         )
     return variants
+
+
+def needs_matplotlib(context: click.Context, param: click.Parameter, value: Any) -> Any:
+    """Callback of a ``--plot`` option: refuse it before any work when matplotlib is missing."""
+    if value is not None:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise click.UsageError(
+                f"{param.opts[0]} needs matplotlib: pip install -e '.[bench]'"
+                " (or pip install matplotlib)",
+                context,
+            ) from None
+    return value
 
 
 repository_option = click.option(

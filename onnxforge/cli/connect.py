@@ -7,11 +7,34 @@ from typing import Any
 
 import click
 
+DEFAULT_PORT = 8001  # the server's gRPC port, Triton's too
+
+
+def with_port(url: str) -> str:
+    """``host`` -> ``host:8001``; ``[::1]`` -> ``[::1]:8001``; a given port is kept.
+
+    gRPC itself would take a host without a port to mean 443.
+    """
+    if not url.strip():
+        raise click.BadParameter("expected HOST[:PORT]", param_hint="--url")
+    if url.startswith("["):
+        return url if "]:" in url else f"{url}:{DEFAULT_PORT}"
+    return url if ":" in url else f"{url}:{DEFAULT_PORT}"
+
+
+def url_callback(_context: click.Context, _param: click.Parameter, url: str | None) -> str | None:
+    """``--url`` as the address connected to (so that messages name the real port)."""
+    return None if url is None else with_port(url)
+
 
 def client_options(command: Any) -> Any:
     """How ``infer`` and ``bench`` reach the server: address, TLS, token."""
     url = click.option(
-        "--url", default="127.0.0.1:8001", show_default=True, help="Server address host:port."
+        "--url",
+        default=f"127.0.0.1:{DEFAULT_PORT}",
+        show_default=True,
+        callback=url_callback,
+        help=f"Server address HOST[:PORT] (port {DEFAULT_PORT} when none is given).",
     )
     return url(connection_options(command))
 
@@ -55,4 +78,6 @@ def connection(
             raise click.UsageError(str(error)) from None
     if (tls_cert is None) != (tls_key is None):
         raise click.UsageError("--tls-cert and --tls-key go together")
-    return Connection(url, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key, token=token)
+    return Connection(
+        with_port(url), tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key, token=token
+    )

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from onnxforge.cli.common import json_option, repository_option
+from onnxforge.cli.common import json_option, repository_option, say
 
 
 @click.command("export-edge")
@@ -67,11 +67,11 @@ def export_edge(
     sizes.append((MANIFEST, (out_dir / MANIFEST).stat().st_size))
     width = max(len(str(out_dir / name)) for name, _ in sizes)
     for name, size in sizes:
-        click.echo(f"{out_dir / name!s:<{width}}  {size:>10,} bytes")
+        say(f"{out_dir / name!s:<{width}}  {size:>10,} bytes")
     operators = manifest["operators"]
     domains = sorted({op["domain"] for op in operators})
     ort = manifest["onnxruntime"]
-    click.echo(
+    say(
         f"{manifest['model']} ({manifest['variant']}, {manifest['source']['bytes']:,} bytes "
         f"as .onnx): {len(operators)} operators in {', '.join(domains)} for a reduced build; "
         f"ONNX Runtime {ort['version']}, {ort['optimization_style']} optimizations "

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from onnxforge.builder.layout import QUANTIZED_VARIANTS
-from onnxforge.cli.common import EXIT_FAILED, OUTPUT, json_option, quantization_options
+from onnxforge.cli.common import EXIT_FAILED, OUTPUT, json_option, quantization_options, say
 
 BUDGET_KEYS = ("max_abs", "mean_abs", "cosine", "argmax_agreement")
 
@@ -103,7 +103,7 @@ def quantize(
     write_file(output, made.model.SerializeToString())
     if not as_json:
         main = made.report.outputs[made.report.checked_output]
-        click.echo(
+        say(
             f"{output}: {variant}, {output.stat().st_size:,} bytes; on {made.report.samples} "
             f"held-out rows ({rows.measured.source}) vs the fp32 file: "
             f"max abs err {main.max_abs:.3g}, "

@@ -8,16 +8,16 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.table import Table
 
-from onnxforge.cli.common import console, json_option, progress
+from onnxforge.cli.common import console, json_option, needs_matplotlib, progress
 from onnxforge.cli.connect import client_options, connection
 
 
-def _named_arrays(pairs: tuple[str, ...]) -> dict[str, Any]:
+def _named_arrays(pairs: tuple[str, ...]) -> tuple[dict[str, Any], dict[str, str]]:
+    """The arrays by input name, and the file each came from (for notes and errors)."""
     import numpy as np
 
-    arrays = {}
+    arrays, files = {}, {}
     for pair in pairs:
         name, _, file = pair.partition("=")
         if not name or not file:
@@ -26,7 +26,8 @@ def _named_arrays(pairs: tuple[str, ...]) -> dict[str, Any]:
             arrays[name] = np.load(file, allow_pickle=False)
         except (OSError, ValueError) as error:
             raise click.BadParameter(f"{file}: {error}", param_hint="--input") from None
-    return arrays
+        files[name] = file
+    return arrays, files
 
 
 @click.command()
@@ -63,15 +64,30 @@ def infer(
     save: Path | None,
     as_json: bool,
 ) -> None:
-    """Send one inference request and print the outputs."""
+    """Send one inference request and print the outputs.
+
+    Rows are fitted to the model first, with a note on stderr: a float file is cast to the
+    model's float type (and any type that casts without loss, like uint8 to float32; other
+    casts are refused), and a single row (the model's shape without the batch axis) is sent
+    as a batch of one.
+
+    The table shows each output's first values (… when there are more) and, for outputs
+    that hold class scores, the argmax of each row: 2-D outputs with at least two columns
+    named like logits, probabilities, scores or class, or whose rows are probabilities
+    summing to 1, or whose argmax agreement the model's accuracy record measured (softmax
+    and log_softmax outputs). Other outputs (an embedding) show "-".
+    """
     import numpy as np
 
+    from onnxforge.cli.infer_table import fit_inputs, results_table
     from onnxforge.client import InferenceClient, InferenceServerError
 
-    arrays = _named_arrays(inputs)
+    arrays, files = _named_arrays(inputs)
     reach = connection(url, tls_ca, tls_cert, tls_key, token_file)
     with InferenceClient(**vars(reach)) as client:
         try:
+            info = client.model_info(model, model_version, timeout=timeout)
+            arrays = fit_inputs(arrays, files, info.metadata)
             results = client.infer(model, arrays, outputs, model_version, timeout=timeout)
         except InferenceServerError as error:
             raise click.ClickException(str(error)) from None
@@ -84,18 +100,7 @@ def infer(
     if as_json:
         click.echo(json.dumps({name: array.tolist() for name, array in results.items()}))
         return
-    table = Table(
-        "output", "dtype", "shape", "values", "argmax (per row)", title=f"{model} @ {url}"
-    )
-    for name, array in results.items():
-        argmax = (
-            ", ".join(map(str, array.argmax(axis=-1).tolist()[:16]))
-            if array.ndim == 2 and array.shape[1] > 1
-            else "-"
-        )
-        preview = np.array2string(array.ravel()[:6], precision=4, separator=", ")
-        table.add_row(name, str(array.dtype), str(list(array.shape)), preview, argmax)
-    console().print(table)
+    console().print(results_table(results, f"{model} @ {url}", info.accuracy))
 
 
 def _concurrencies(text: str) -> list[int]:
@@ -133,6 +138,7 @@ def _concurrencies(text: str) -> list[int]:
     "--plot",
     "plot_file",
     type=click.Path(path_type=Path, dir_okay=False),
+    callback=needs_matplotlib,
     help="Write a PNG of throughput and latency.",
 )
 @json_option

@@ -9,7 +9,14 @@ from typing import TYPE_CHECKING
 
 import click
 
-from onnxforge.cli.common import EXIT_FAILED, OUTPUT, console, json_option, repository_option
+from onnxforge.cli.common import (
+    EXIT_FAILED,
+    OUTPUT,
+    console,
+    json_option,
+    needs_matplotlib,
+    repository_option,
+)
 from onnxforge.cli.remote import _concurrencies
 
 #: Cores other processes kept busy before the search that make its figures worth a note.
@@ -55,6 +62,7 @@ if TYPE_CHECKING:
     "--plot",
     "plot_file",
     type=click.Path(path_type=Path, dir_okay=False),
+    callback=needs_matplotlib,
     help="Write a PNG of rows/s against p99 for every setting.",
 )
 @json_option
@@ -81,11 +89,6 @@ def tune(
     from onnxforge.bench.tune_points import Plan, TuneError, serve_command
     from onnxforge.client import InferenceServerError
 
-    if plot_file is not None:
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError:
-            raise click.UsageError("--plot needs matplotlib: pip install -e '.[bench]'") from None
     levels = _concurrencies(concurrency)
     try:
         plan = Plan.make(rows, levels, budget, usable_cpus(), max_points)

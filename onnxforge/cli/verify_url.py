@@ -27,6 +27,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from onnxforge.cli.common import EXIT_FAILED, SPEC_PATTERNS, console, progress
+from onnxforge.cli.connect import with_port as with_port  # where the tests found it
 from onnxforge.protocol.headers import SPEC_SHA256 as SPEC_HEADER
 
 if TYPE_CHECKING:
@@ -35,7 +36,6 @@ if TYPE_CHECKING:
     from onnxforge.builder.verify import OutputCheck
     from onnxforge.client import InferenceClient
 
-DEFAULT_PORT = 8001
 ROWS_PER_REQUEST = 64  # at most; fewer when the model's max batch size is smaller
 TIMEOUT = 30.0  # seconds per call
 OLDER = "older spec, kept by version_policy"
@@ -79,15 +79,6 @@ class Result:
     @property
     def checked(self) -> bool:
         return bool(self.outputs) or self.report is not None
-
-
-def with_port(url: str) -> str:
-    """``host`` -> ``host:8001``; ``[::1]`` -> ``[::1]:8001``; a given port is kept."""
-    if not url.strip():
-        raise click.BadParameter("expected HOST[:PORT]", param_hint="--url")
-    if url.startswith("["):
-        return url if "]:" in url else f"{url}:{DEFAULT_PORT}"
-    return url if ":" in url else f"{url}:{DEFAULT_PORT}"
 
 
 def verify_url(
