@@ -1,9 +1,10 @@
 """``onnxforge serve`` as a process of its own: started on free ports, read, stopped.
 
-The server binds port 0 (and ``--metrics-port 0``); the port it got is read from its
-"serving ..." line. It runs in a session of its own (``start_new_session``), so stopping it
-reaches whatever it started (``--workers``): :meth:`ServerProcess.close` ends the whole
-process group. Its output (stdout and stderr) is collected line by line in ``lines`` by a
+The server binds port 0 (and ``--metrics-port 0``, and ``--http-port 0`` when asked for
+HTTP/REST, ``--no-http`` otherwise); the ports it got are read from its "serving ..."
+line. It runs in a session of its own (``start_new_session``), so stopping it reaches
+whatever it started (``--workers``): :meth:`ServerProcess.close` ends the whole process
+group. Its output (stdout and stderr) is collected line by line in ``lines`` by a
 reader thread; ``closed`` is set when the output ends.
 """
 
@@ -21,6 +22,8 @@ from types import TracebackType
 
 #: The line ``onnxforge serve`` prints once it accepts requests; group 1 is the port.
 SERVING = r"serving \d+ model\(s\) from .* on 127\.0\.0\.1:(\d+)"
+#: Where that line (or the workers' one) says the HTTP/REST port is; group 1 the port.
+HTTP_SERVING = re.compile(r"HTTP on https?://\S+:(\d+)")
 
 
 class ServerError(RuntimeError):
@@ -31,6 +34,7 @@ class ServerProcess:
     """``python -m onnxforge serve REPOSITORY --port 0 ... *extra`` until :meth:`close`.
 
     ``metrics`` False passes ``--no-metrics``; otherwise the metrics port is a free one too.
+    ``http`` True serves HTTP/REST on a free port too (``http_port``); False ``--no-http``.
     ``threads`` is ONNX Runtime's intra-op threads per session (``None``: the server's
     default). ``pattern`` is the line that says the server is up, its group 1 the port.
     """
@@ -41,6 +45,7 @@ class ServerProcess:
         *extra: str,
         threads: int | None = None,
         metrics: bool = True,
+        http: bool = False,
         pattern: str = SERVING,
         cwd: Path | None = None,
         start_seconds: float = 120.0,
@@ -48,6 +53,7 @@ class ServerProcess:
         self.pattern = re.compile(pattern)
         command = [sys.executable, "-m", "onnxforge", "serve", str(repository), "--port", "0"]
         command += ["--metrics-port", "0"] if metrics else ["--no-metrics"]
+        command += ["--http-port", "0"] if http else ["--no-http"]
         if threads is not None:
             command += ["--threads", str(threads)]
         self.command = [*command, *extra]
@@ -55,6 +61,7 @@ class ServerProcess:
         self.closed = threading.Event()  # the reader reached the end of the output
         self._changed = threading.Event()  # the "serving" line came, or the output ended
         self._port: int | None = None
+        self.http_port: int | None = None  # once started, when ``http``
         self.process = subprocess.Popen(
             self.command,
             cwd=cwd,
@@ -79,6 +86,8 @@ class ServerProcess:
             if self._port is None:
                 found = self.pattern.search(line)
                 if found:
+                    http = HTTP_SERVING.search(line)
+                    self.http_port = int(http.group(1)) if http else None
                     self._port = int(found.group(1))
                     self._changed.set()
         self.closed.set()
@@ -87,6 +96,13 @@ class ServerProcess:
     @property
     def url(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def http_url(self) -> str:
+        """``http://127.0.0.1:PORT``: the HTTP/REST address (started with ``http=True``)."""
+        if self.http_port is None:
+            raise ServerError("the server serves no HTTP/REST (start it with http=True)")
+        return f"http://127.0.0.1:{self.http_port}"
 
     @property
     def pid(self) -> int:

@@ -115,6 +115,15 @@ def limit_options(command: Any) -> Any:
 )
 @click.option("--no-metrics", is_flag=True, help="Do not serve /metrics.")
 @click.option(
+    "--http-port",
+    type=click.IntRange(0, 65535),
+    default=8000,
+    show_default=True,
+    help="KServe v2 HTTP/REST (Triton's port; same models, tokens, TLS and limits as "
+    "gRPC); 0 picks a free port, as for --port. --no-http turns it off.",
+)
+@click.option("--no-http", is_flag=True, help="Serve gRPC only, no HTTP/REST.")
+@click.option(
     "--threads",
     type=click.IntRange(min=0),
     default=0,
@@ -179,6 +188,8 @@ def serve(
     port: int,
     metrics_port: int,
     no_metrics: bool,
+    http_port: int,
+    no_http: bool,
     threads: int,
     spinning: bool | None,
     no_build: bool,
@@ -201,7 +212,7 @@ def serve(
     max_streams: int,
     max_model_bytes: int,
 ) -> None:
-    """Serve every model in REPOSITORY over gRPC (KServe v2 / Open Inference Protocol).
+    """Serve every model in REPOSITORY over gRPC and HTTP/REST (KServe v2 protocol).
 
     Missing or stale models are built from their spec first. SIGTERM or SIGINT stops
     accepting requests, finishes those in flight, and exits 0.
@@ -234,6 +245,7 @@ def serve(
         build_missing=not no_build,
         max_queue=max_queue,
         metrics_port=None if no_metrics else metrics_port,
+        http_port=None if no_http else http_port,
         watch_seconds=watch_interval if watch else None,
         security=security,
         max_message_bytes=max_message_bytes,

@@ -3,8 +3,9 @@
 The layers, from the files up: the registry (``server.registry``: repository scan, builds,
 one runtime per model version), the data plane (``server.dataplane``: every answer, no
 transport), and the transports on top -- the gRPC servicer (``server.service``), health,
-reflection and metrics. ``Running`` holds them, with the port bound (``port=0`` picks a
-free one, as tests do), and stops them with a drain.
+reflection, HTTP/REST (``server.rest``, on the same data plane and event loop) and
+metrics. ``Running`` holds them, with the ports bound (``port=0`` picks a free one, as
+tests do), and stops them with a drain.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from onnxforge.server.metrics import Metrics
 from onnxforge.server.peers import PeeredDataPlane, PeerMark, Peers
 from onnxforge.server.reflection import REFLECTION_SERVICE, ReflectionServicer
 from onnxforge.server.registry import Registry
+from onnxforge.server.rest import HttpServer, start_http
 from onnxforge.server.security import Security
 from onnxforge.server.service import SERVICE_NAME, InferenceService, register
 from onnxforge.server.stats import Statistics
@@ -46,6 +48,8 @@ class Settings:
     max_message_bytes: int = 64 * 1024 * 1024
     grace_seconds: float = 10.0
     metrics_port: int | None = 8002  # None: no metrics endpoint; 0 picks a free port
+    # KServe v2 HTTP/REST; None: off (the CLI's default is 8000, Triton's); 0 picks a free port
+    http_port: int | None = None
     watch_seconds: float | None = None  # poll the repository for changes this often
     security: Security = field(default_factory=Security)
     max_rows: int = 65536  # rows per request; more is RESOURCE_EXHAUSTED
@@ -73,15 +77,20 @@ class Running:
     watcher: asyncio.Task[None] | None = None
     control_port: int | None = None  # private 127.0.0.1 port for the other workers
     peers: Peers | None = None  # the other workers (--workers): ``peers.connect`` names them
+    http: HttpServer | None = None  # HTTP/REST, when on
+
+    @property
+    def http_port(self) -> int | None:
+        return None if self.http is None else self.http.port
 
     async def stop(self, grace: float) -> None:
         """Drain, then stop: every request gets its full answer or UNAVAILABLE.
 
-        1. Draining: health says NOT_SERVING, new inference calls are answered UNAVAILABLE,
-           a stream ends with UNAVAILABLE after the request it is serving.
+        1. Draining: health says NOT_SERVING, new inference calls are answered UNAVAILABLE
+           (HTTP 503), a stream ends with UNAVAILABLE after the request it is serving.
         2. Wait (up to ``grace`` s) for the requests in flight and the open streams.
         3. Settle: keep answering UNAVAILABLE until the traffic stops (``server.drain``).
-        4. Stop the transport (whatever still runs when ``grace`` is over is cancelled and
+        4. Stop the transports (whatever still runs when ``grace`` is over is cancelled and
            counted as cut off), close the models.
         """
         drain = self.plane.drain
@@ -92,7 +101,10 @@ class Running:
             self.watcher.cancel()
         await self.health.enter_graceful_shutdown()
         await drain.settle(deadline)
-        await self.server.stop(max(0.0, deadline - time.monotonic()))
+        stopping = [self.server.stop(max(0.0, deadline - time.monotonic()))]
+        if self.http is not None:
+            stopping.append(self.http.stop())
+        await asyncio.gather(*stopping)
         await self.registry.close()
         if self.peers is not None:
             await self.peers.close()
@@ -137,7 +149,9 @@ async def create_server(settings: Settings) -> Running:
     peers = Peers(security.internal_token) if settings.control_port else None
     if peers is not None:
         interceptors.append(PeerMark(security.internal_token))
-    service = InferenceService(plane if peers is None else PeeredDataPlane(plane, peers))
+    # Both transports on one plane: with workers, the one that passes control on to peers.
+    transport_plane = plane if peers is None else PeeredDataPlane(plane, peers)
+    service = InferenceService(transport_plane)
     options = [
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_send_message_length", settings.max_message_bytes),
@@ -172,16 +186,35 @@ async def create_server(settings: Settings) -> Running:
     if sources is not None and settings.watch_seconds is not None:
         watcher = Watcher(registry, plane.changed, settings.watch_seconds, sources)
     await server.start()
+    http = None
+    if settings.http_port is not None:
+        try:
+            http = await start_http(
+                transport_plane,
+                security,
+                host=settings.host,
+                port=settings.http_port,
+                max_body=settings.max_message_bytes,
+                reuse_port=settings.reuse_port,
+                grace_seconds=settings.grace_seconds,
+            )
+        except OSError as error:
+            await server.stop(None)
+            await registry.close()
+            address = f"{settings.host}:{settings.http_port}"
+            raise OSError(f"cannot bind HTTP to {address} ({error.strerror or error})") from None
     metrics_port = None
     if settings.metrics_port is not None:
         metrics_port = metrics.start(settings.host, settings.metrics_port)
     where = f"http://{settings.host}:{metrics_port}/metrics" if metrics_port else "off"
+    # "HTTP on <url>" is what ServerProcess reads the HTTP port from (onnxforge.bench).
     log.info(
-        "serving %d model(s) from %s on %s:%d (metrics: %s)",
+        "serving %d model(s) from %s on %s:%d%s (metrics: %s)",
         len(registry.entries),
         settings.repository,
         settings.host,
         port,
+        f", HTTP on {http.url}" if http is not None else "",
         where,
     )
     running = Running(
@@ -194,6 +227,7 @@ async def create_server(settings: Settings) -> Running:
         health,
         control_port=control_port,
         peers=peers,
+        http=http,
     )
     if watcher is not None:
         running.watcher = asyncio.create_task(watcher.run(), name="watch")

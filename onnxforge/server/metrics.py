@@ -1,11 +1,24 @@
-"""Prometheus metrics, served over HTTP on ``--metrics-port``.
+"""Prometheus metrics, served over HTTP on ``--metrics-port`` at ``/metrics`` only.
 
-Each server has a registry of its own (tests run several servers in one process).
+Each server has a registry of its own (tests run several servers in one process). Any
+other path is 404: a probe of ``/v2/health/ready`` pointed at the metrics port by mistake
+must fail, not pass whatever the server's state (prometheus_client's own server answers
+every path with the metrics).
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+import socket
+import threading
+from collections.abc import Callable, Iterable
+from socketserver import ThreadingMixIn
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
+from prometheus_client.registry import Collector
+
+PATH = "/metrics"
 
 # Seconds: from 50 us to 10 s, roughly x2.5 apart.
 LATENCY_BUCKETS = (
@@ -77,9 +90,8 @@ class Metrics:
 
     def start(self, host: str, port: int) -> int:
         """Serve /metrics; returns the bound port (``port=0`` picks one)."""
-        server, _ = start_http_server(port, addr=host, registry=self.registry)
-        self._server = server
-        return int(server.server_port)
+        self._server = serve(host, port, self.registry)
+        return int(self._server.server_port)
 
     def stop(self) -> None:
         server = getattr(self, "_server", None)
@@ -104,3 +116,34 @@ class ModelMetrics:
         if status not in self._requests:
             self._requests[status] = self.metrics.requests.labels(self.model, status)
         return self._requests[status]
+
+
+class _Server(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
+class _Quiet(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # scrapes are not news
+        pass
+
+
+def serve(host: str, port: int, registry: Collector) -> WSGIServer:
+    """Serve ``registry`` at /metrics (404 elsewhere) from a daemon thread; ``port=0`` picks."""
+    metrics = make_wsgi_app(registry)
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if environ.get("PATH_INFO") != PATH:
+            start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
+            return [f"not found: the metrics are at {PATH}\n".encode()]
+        return metrics(environ, start_response)  # type: ignore[no-any-return]
+
+    server_class = _Server6 if ":" in host else _Server
+    server: WSGIServer = make_server(
+        host.strip("[]"), port, app, server_class, handler_class=_Quiet
+    )
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+    return server

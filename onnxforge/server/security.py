@@ -1,21 +1,32 @@
 """Who may call what: TLS (optionally mutual) and bearer tokens, checked before any handler.
 
-Every RPC except health checks and ServerLive needs ``authorization: Bearer <token>`` when
+Every call except health checks and ServerLive needs ``authorization: Bearer <token>`` when
 tokens are configured; tokens are compared in constant time and never logged. Model control
 (load/unload) can need a separate admin token, or be switched off altogether.
+
+Both transports make the same check, :meth:`Security.authorize`, with the call's
+:class:`Access` and the token it offers: gRPC in :class:`AuthInterceptor`, HTTP/REST in
+``server.rest.app``. A refusal is a ``ServingError`` (UNAUTHENTICATED or PERMISSION_DENIED),
+which each transport answers by its own table. TLS is the same certificate and key on both:
+:meth:`Security.server_credentials` for gRPC, :meth:`Security.ssl_context` for HTTP.
 """
 
 from __future__ import annotations
 
+import enum
 import hmac
 import os
 import secrets
+import ssl
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import grpc
+
+from onnxforge.server.errors import PermissionDenied, ServingError, Unauthenticated
+from onnxforge.server.service import GRPC_STATUS
 
 TOKENS_ENV = "ONNXFORGE_AUTH_TOKENS"  # comma-separated, instead of (or besides) a file
 INTERNAL_TOKEN_ENV = "ONNXFORGE_INTERNAL_TOKEN"
@@ -28,6 +39,30 @@ OPEN_METHODS = frozenset(
     }
 )
 CONTROL_METHODS = frozenset({SERVICE + "RepositoryModelLoad", SERVICE + "RepositoryModelUnload"})
+
+
+class Access(enum.Enum):
+    """What a call needs: nothing (health), a token (most calls), model control (load/unload)."""
+
+    OPEN = "open"
+    CALL = "call"
+    CONTROL = "control"
+
+
+def grpc_access(method: str) -> Access:
+    """The access a gRPC method (``/package.Service/Method``) needs."""
+    if method in OPEN_METHODS:
+        return Access.OPEN
+    return Access.CONTROL if method in CONTROL_METHODS else Access.CALL
+
+
+def bearer(value: str | None) -> str | None:
+    """The token of an ``authorization: Bearer <token>`` value (None for anything else)."""
+    if value is None:
+        return None
+    scheme, _, token = value.partition(" ")
+    # The scheme is case-insensitive (RFC 9110); HTTP clients write "Bearer" or "bearer".
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
 class SecurityError(ValueError):
@@ -103,10 +138,46 @@ class Security:
             require_client_auth=client_ca is not None,
         )
 
+    def ssl_context(self) -> ssl.SSLContext:
+        """The same certificate, key and client CA as :meth:`server_credentials`, for HTTP."""
+        assert self.tls_cert is not None and self.tls_key is not None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(self.tls_cert, self.tls_key)
+        if self.tls_client_ca is not None:
+            context.load_verify_locations(cafile=self.tls_client_ca)
+            context.verify_mode = ssl.CERT_REQUIRED
+        return context
+
+    @property
+    def checks(self) -> bool:
+        """Whether any call can be refused (with no tokens and control on, none is)."""
+        return bool(self.tokens or self.admin_tokens or not self.model_control)
+
     def interceptors(self) -> list[grpc.aio.ServerInterceptor]:
-        if not self.tokens and not self.admin_tokens and self.model_control:
-            return []
-        return [AuthInterceptor(self)]
+        return [AuthInterceptor(self)] if self.checks else []
+
+    def authorize(self, access: Access, offered: str | None) -> None:
+        """Raise unless a caller offering token ``offered`` (None: none) may make this call.
+
+        PermissionDenied when model control is off; Unauthenticated for a missing or wrong
+        token. The server's internal token (other workers) may do anything.
+        """
+        if access is Access.OPEN:
+            return
+        internal = offered is not None and _matches(offered, [self.internal_token])
+        if internal:
+            return
+        if access is Access.CONTROL and not self.model_control:
+            raise PermissionDenied("model control is disabled on this server (--no-model-control)")
+        if access is Access.CONTROL and self.admin_tokens:
+            if offered is None or not _matches(offered, self.admin_tokens):
+                raise Unauthenticated(
+                    "model control needs an admin token: 'authorization: Bearer <admin token>'"
+                )
+            return
+        if self.tokens and (offered is None or not _matches(offered, self.tokens)):
+            what = "a wrong token" if offered is not None else "no token"
+            raise Unauthenticated(f"{what}: send 'authorization: Bearer <token>'")
 
 
 def _matches(offered: str, tokens: Iterable[str]) -> bool:
@@ -119,8 +190,8 @@ def _matches(offered: str, tokens: Iterable[str]) -> bool:
 
 def _bearer(metadata: Iterable[tuple[str, Any]] | None) -> str | None:
     for key, value in metadata or ():
-        if key == "authorization" and isinstance(value, str) and value.startswith("Bearer "):
-            return value.removeprefix("Bearer ").strip()
+        if key == "authorization" and isinstance(value, str):
+            return bearer(value)
     return None
 
 
@@ -164,33 +235,10 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc
         handler = await continuation(details)
         if handler is None:
             return handler
-        method = details.method
-        if method in OPEN_METHODS:
-            return handler
-        security = self.security
-        offered = _bearer(details.invocation_metadata)
-        internal = offered is not None and _matches(offered, [security.internal_token])
-        if method in CONTROL_METHODS and not security.model_control and not internal:
-            return _refusal(
-                handler,
-                grpc.StatusCode.PERMISSION_DENIED,
-                "model control is disabled on this server (--no-model-control)",
+        try:
+            self.security.authorize(
+                grpc_access(details.method), _bearer(details.invocation_metadata)
             )
-        if internal:
-            return handler
-        if method in CONTROL_METHODS and security.admin_tokens:
-            if offered is None or not _matches(offered, security.admin_tokens):
-                return _refusal(
-                    handler,
-                    grpc.StatusCode.UNAUTHENTICATED,
-                    "model control needs an admin token: 'authorization: Bearer <admin token>'",
-                )
-            return handler
-        if security.tokens and (offered is None or not _matches(offered, security.tokens)):
-            what = "a wrong token" if offered is not None else "no token"
-            return _refusal(
-                handler,
-                grpc.StatusCode.UNAUTHENTICATED,
-                f"{what}: send metadata 'authorization: Bearer <token>'",
-            )
+        except ServingError as error:
+            return _refusal(handler, GRPC_STATUS[error.code], error.message)
         return handler

@@ -1,6 +1,7 @@
 """``--workers N``: N server processes on one port, each with its own sessions.
 
-The parent builds what is missing once, picks the port, starts the workers and tells each
+The parent builds what is missing once, picks the ports (gRPC, and HTTP when on: every
+worker listens on both, SO_REUSEPORT), starts the workers and tells each
 where the others listen (see ``server.peers``), serves the metrics of all of them added
 up (prometheus_client's multiprocess mode), and passes SIGTERM/SIGINT on: every worker
 finishes its in-flight requests and the parent exits 0 when they all did.
@@ -82,8 +83,9 @@ async def _serve_worker(settings: Settings, index: int, link: Connection) -> Non
 
 def run_workers(settings: Settings, workers: int, level: str = "info", fmt: str = "text") -> int:
     """Serve with ``workers`` processes until SIGTERM/SIGINT; returns the exit code."""
-    from prometheus_client import CollectorRegistry, multiprocess, start_http_server
+    from prometheus_client import CollectorRegistry, multiprocess
 
+    from onnxforge.server import metrics
     from onnxforge.server.builds import SpecBuilds
 
     if settings.build_missing:  # once here, so that the workers find everything built
@@ -91,11 +93,15 @@ def run_workers(settings: Settings, workers: int, level: str = "info", fmt: str 
         for base in builds.bases():
             builds.build(base)
     holder, port = _claim_port(settings.host, settings.port)
+    http_holder, http_port = None, None
+    if settings.http_port is not None:
+        http_holder, http_port = _claim_port(settings.host, settings.http_port)
     metrics_dir = tempfile.TemporaryDirectory(prefix="onnxforge-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir.name  # inherited by the workers
     worker_settings = dataclasses.replace(
         settings,
         port=port,
+        http_port=http_port,
         reuse_port=True,
         control_port=True,
         metrics_port=None,
@@ -130,15 +136,15 @@ def run_workers(settings: Settings, workers: int, level: str = "info", fmt: str 
         if settings.metrics_port is not None:
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-            http, _ = start_http_server(
-                settings.metrics_port, addr=settings.host, registry=registry
-            )
-            metrics_port = http.server_port
+            metrics_server = metrics.serve(settings.host, settings.metrics_port, registry)
+            metrics_port = metrics_server.server_port
+        scheme = "https" if settings.security.tls else "http"
         log.info(
-            "serving with %d workers on %s:%d (metrics: %s)",
+            "serving with %d workers on %s:%d%s (metrics: %s)",
             workers,
             settings.host,
             port,
+            f", HTTP on {scheme}://{settings.host}:{http_port}" if http_port is not None else "",
             metrics_port or "off",
         )
         while not stop.wait(0.2):
@@ -152,6 +158,8 @@ def run_workers(settings: Settings, workers: int, level: str = "info", fmt: str 
         for process in processes:
             process.join(settings.grace_seconds + 30)
         holder.close()
+        if http_holder is not None:
+            http_holder.close()
         with contextlib.suppress(OSError):
             metrics_dir.cleanup()
     codes = [process.exitcode for process in processes]

@@ -2,7 +2,9 @@
 
 ``ServeProcess`` is ``onnxforge.bench.ServerProcess`` with what every test wants: run from
 the repository's root, ``--threads 1`` (two cores are shared by the suite), metrics on a
-free port. ``close()`` ends its whole process group, workers included.
+free port, HTTP/REST on a free port with ``http=True`` (off otherwise: never Triton's 8000,
+which concurrent runs would fight over). ``close()`` ends its whole process group, workers
+included.
 """
 
 from __future__ import annotations
@@ -14,5 +16,7 @@ from tests.conftest import REPO_ROOT
 
 
 class ServeProcess(ServerProcess):
-    def __init__(self, repository: Path, *extra: str, pattern: str = SERVING) -> None:
-        super().__init__(repository, *extra, threads=1, pattern=pattern, cwd=REPO_ROOT)
+    def __init__(
+        self, repository: Path, *extra: str, pattern: str = SERVING, http: bool = False
+    ) -> None:
+        super().__init__(repository, *extra, threads=1, http=http, pattern=pattern, cwd=REPO_ROOT)
