@@ -1,4 +1,4 @@
-"""Plain HTTP calls for the HTTP/REST tests: ``http.client``, no status raised, bodies built by hand.
+"""Plain HTTP calls for the HTTP/REST tests: http.client, no status raised, bodies by hand.
 
 Written from the KServe v2 REST and Triton binary-tensor documents, not from the server's
 codec, so that the tests check the server against the protocol rather than against itself.

@@ -182,9 +182,7 @@ def test_tritonclient_inference_equals_the_reference(
     x = rows(3, seed=2)
     tensor = triton.InferInput("x", list(x.shape), "FP32")
     tensor.set_data_from_numpy(x, binary_data=binary_in)
-    wanted = [
-        triton.InferRequestedOutput(name, binary_data=binary_out) for name in ("y", "hidden")
-    ]
+    wanted = [triton.InferRequestedOutput(name, binary_data=binary_out) for name in ("y", "hidden")]
     result = client.infer("tiny", [tensor], outputs=wanted, model_version="1")
     sizes = [
         "binary_data_size" in output.get("parameters", {})
