@@ -60,6 +60,9 @@ class Settings:
     # loop's thread instead of the model's (server.batcher); 0: never.
     inline_us: int = 200
     reuse_port: bool = False  # workers share the public port (SO_REUSEPORT)
+    # Where the metrics are served when not by this process (a --workers worker: the
+    # parent), for the start-up line; None: here, or off.
+    metrics_elsewhere: str | None = None
     control_port: bool = False  # also listen on a private 127.0.0.1 port for peer workers
 
 
@@ -207,6 +210,7 @@ async def create_server(settings: Settings) -> Running:
     if settings.metrics_port is not None:
         metrics_port = metrics.start(settings.host, settings.metrics_port)
     where = f"http://{settings.host}:{metrics_port}/metrics" if metrics_port else "off"
+    where = settings.metrics_elsewhere or where
     # "HTTP on <url>" is what ServerProcess reads the HTTP port from (onnxforge.bench).
     log.info(
         "serving %d model(s) from %s on %s:%d%s (metrics: %s)",

@@ -1,4 +1,10 @@
-"""Logging for the server: readable lines for people, JSON lines for log collectors."""
+"""Logging for the server: readable lines for people, JSON lines for log collectors.
+
+With ``--workers`` every line says which process wrote it: text lines carry ``[worker N]``
+or ``[parent]`` after the logger's name; JSON lines carry ``"role": "worker"`` and
+``"worker": N``, or ``"role": "parent"`` (one type per key, for collectors that map
+fields by type).
+"""
 
 from __future__ import annotations
 
@@ -27,12 +33,40 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
-def configure(level: str = "info", fmt: str = "text") -> None:
+class ProcessLabel(logging.Filter):
+    """Marks every record with the process that wrote it: a worker's index, or the parent."""
+
+    def __init__(self, worker: int | None) -> None:
+        super().__init__()
+        self.fields: dict[str, object] = (
+            {"role": "parent"} if worker is None else {"role": "worker", "worker": worker}
+        )
+
+    @property
+    def text(self) -> str:
+        return "parent" if self.fields["role"] == "parent" else f"worker {self.fields['worker']}"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        for key, value in self.fields.items():
+            setattr(record, key, value)
+        return True
+
+
+def configure(
+    level: str = "info", fmt: str = "text", worker: int | None = None, parent: bool = False
+) -> None:
+    """Log lines to stderr; ``worker`` (its index) or ``parent`` with ``--workers``."""
     handler = logging.StreamHandler()
+    label = ProcessLabel(worker) if worker is not None or parent else None
+    if label is not None:
+        handler.addFilter(label)
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        where = f" [{label.text}]" if label is not None else ""
+        handler.setFormatter(
+            logging.Formatter(f"%(asctime)s %(levelname)s %(name)s{where}: %(message)s")
+        )
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -46,7 +46,7 @@ def _on_parent_exit(link: Connection, stop: Callable[[], object]) -> None:
 def _worker(settings: Settings, index: int, link: Connection, level: str, fmt: str) -> None:
     from onnxforge.server import logs
 
-    logs.configure(level, fmt)
+    logs.configure(level, fmt, worker=index)  # every line says which worker wrote it
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; it sends SIGTERM
     asyncio.run(_serve_worker(settings, index, link))
 
@@ -85,9 +85,10 @@ def run_workers(settings: Settings, workers: int, level: str = "info", fmt: str 
     """Serve with ``workers`` processes until SIGTERM/SIGINT; returns the exit code."""
     from prometheus_client import CollectorRegistry, multiprocess
 
-    from onnxforge.server import metrics
+    from onnxforge.server import logs, metrics
     from onnxforge.server.builds import SpecBuilds
 
+    logs.configure(level, fmt, parent=True)
     if settings.build_missing:  # once here, so that the workers find everything built
         builds = SpecBuilds(settings.repository)
         for base in builds.bases():
@@ -98,6 +99,16 @@ def run_workers(settings: Settings, workers: int, level: str = "info", fmt: str 
         http_holder, http_port = _claim_port(settings.host, settings.http_port)
     metrics_dir = tempfile.TemporaryDirectory(prefix="onnxforge-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir.name  # inherited by the workers
+    # Served before the workers start, so that each can say where in its start-up line.
+    metrics_port, metrics_where = None, "off"
+    if settings.metrics_port is not None:
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        metrics_port = metrics.serve(settings.host, settings.metrics_port, registry).server_port
+        metrics_where = (
+            f"http://{settings.host}:{metrics_port}/metrics, served by the parent "
+            "for all workers"
+        )
     worker_settings = dataclasses.replace(
         settings,
         port=port,
@@ -105,6 +116,7 @@ def run_workers(settings: Settings, workers: int, level: str = "info", fmt: str 
         reuse_port=True,
         control_port=True,
         metrics_port=None,
+        metrics_elsewhere=metrics_where,
     )
     context = multiprocessing.get_context("spawn")
     links, processes = [], []
@@ -132,12 +144,6 @@ def run_workers(settings: Settings, workers: int, level: str = "info", fmt: str 
             link.send(addresses)
         for link in links:
             link.recv()  # "ready": peers known
-        metrics_port = None
-        if settings.metrics_port is not None:
-            registry = CollectorRegistry()
-            multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-            metrics_server = metrics.serve(settings.host, settings.metrics_port, registry)
-            metrics_port = metrics_server.server_port
         scheme = "https" if settings.security.tls else "http"
         log.info(
             "serving with %d workers on %s:%d%s (metrics: %s)",
