@@ -9,12 +9,31 @@ from __future__ import annotations
 import http.client
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import numpy as np
+import yaml
+
+from tests.helpers import mlp_document
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
+LAYERS = [
+    {"name": "hidden", "type": "dense", "units": 3, "activation": "relu"},
+    {"type": "dense", "units": 2, "activation": "softmax"},
+]
+
+
+def write_model(repository: Path, name: str, **overrides: object) -> Path:
+    """A small model (x: 4 -> hidden: 3 -> y: 2, hidden exposed) as a spec in ``repository``."""
+    document = mlp_document(name=name, layers=LAYERS, expose=["hidden"], **overrides)
+    (repository / name).mkdir(parents=True)
+    path = repository / name / "spec.yaml"
+    path.write_text(yaml.safe_dump(document))
+    return path
+
+
 DTYPES = {"FP32": "<f4", "FP64": "<f8", "INT64": "<i8", "INT32": "<i4", "FP16": "<f2"}
 
 

@@ -16,36 +16,23 @@ import numpy as np
 import onnx
 import pytest
 import tritonclient.http as triton
-import yaml
 from tritonclient.utils import InferenceServerException
 
 from onnxforge.builder import load_spec, reference
 from onnxforge.builder.metadata import SPEC_SHA256
 from onnxforge.builder.spec import Spec
-from tests.helpers import mlp_document
 from tests.server.http_helpers import (
     HEADER_LENGTH,
     binary_body,
     call,
     json_tensor,
     outputs_of,
+    write_model,
 )
 from tests.server.processes import ServeProcess
 
 ATOL = 1e-5
 MAX_BATCH = 16
-LAYERS = [
-    {"name": "hidden", "type": "dense", "units": 3, "activation": "relu"},
-    {"type": "dense", "units": 2, "activation": "softmax"},
-]
-
-
-def write_model(repository: Path, name: str, **overrides: object) -> Path:
-    document = mlp_document(name=name, layers=LAYERS, expose=["hidden"], **overrides)
-    (repository / name).mkdir(parents=True)
-    path = repository / name / "spec.yaml"
-    path.write_text(yaml.safe_dump(document))
-    return path
 
 
 @pytest.fixture(scope="module")
