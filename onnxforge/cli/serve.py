@@ -235,6 +235,7 @@ def serve(
         )
     except SecurityError as error:
         raise click.UsageError(str(error)) from None
+    log_level = _quiet_level(log_level)
     logs.configure(log_level, log_format)
     settings = Settings(
         repository=repository,
@@ -263,6 +264,18 @@ def serve(
         asyncio.run(run(settings))
     except OSError as error:
         raise click.ClickException(f"cannot serve on {host}:{port}: {error}") from None
+
+
+def _quiet_level(log_level: str) -> str:
+    """``onnxforge -q serve`` (or ``serve -q``): warnings and errors only, unless --log-level."""
+    from click.core import ParameterSource
+
+    from onnxforge.cli.common import OUTPUT
+
+    given = click.get_current_context().get_parameter_source("log_level")
+    if OUTPUT["quiet"] and given is ParameterSource.DEFAULT:
+        return "warning"
+    return log_level
 
 
 def _threads_per_worker(threads: int, workers: int) -> int:
