@@ -121,6 +121,7 @@ PUBLIC: dict[str, list[str]] = {
         "infer_request",
     ],
     "onnxforge.client.connection": ["Connection"],
+    "onnxforge.cluster": ["SERVING", "RayOptions", "serve_on_ray"],
     "onnxforge.client.errors": [
         "DeadlineExceeded",
         "InferenceServerError",

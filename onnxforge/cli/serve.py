@@ -8,6 +8,8 @@ from typing import Any
 
 import click
 
+from onnxforge.cluster.options import ray_options, ray_settings
+
 
 class WorkerCount(click.ParamType):  # type: ignore[type-arg]  # generic in newer click only
     """A positive number of workers, or ``auto``: one per core this process may use."""
@@ -182,6 +184,7 @@ def limit_options(command: Any) -> Any:
 )
 @security_options
 @limit_options
+@ray_options
 def serve(
     repository: Path,
     host: str,
@@ -211,6 +214,10 @@ def serve(
     max_rows: int,
     max_streams: int,
     max_model_bytes: int,
+    ray_address: str | None,
+    replicas: int | None,
+    replica_cpus: float,
+    ray_namespace: str,
 ) -> None:
     """Serve every model in REPOSITORY over gRPC and HTTP/REST (KServe v2 protocol).
 
@@ -235,6 +242,7 @@ def serve(
         )
     except SecurityError as error:
         raise click.UsageError(str(error)) from None
+    on_ray = ray_settings(ray_address, replicas, replica_cpus, ray_namespace, workers)
     log_level = _quiet_level(log_level)
     logs.configure(log_level, log_format)
     settings = Settings(
@@ -257,6 +265,10 @@ def serve(
         inline_us=inline_us,
     )
     try:
+        if on_ray is not None:
+            from onnxforge.cluster import serve_on_ray
+
+            raise SystemExit(serve_on_ray(settings, on_ray, log_level, log_format))
         if workers > 1:
             from onnxforge.server.workers import run_workers
 

@@ -63,7 +63,10 @@ class Settings:
     # Where the metrics are served when not by this process (a --workers worker: the
     # parent), for the start-up line; None: here, or off.
     metrics_elsewhere: str | None = None
-    control_port: bool = False  # also listen on a private 127.0.0.1 port for peer workers
+    control_port: bool = False  # also listen on a private port for peer workers
+    # Where that private port listens: loopback for --workers; the node's address for the
+    # replicas of a Ray cluster (onnxforge.cluster), which are peers across machines.
+    control_host: str = "127.0.0.1"
 
 
 @dataclass
@@ -184,7 +187,9 @@ async def create_server(settings: Settings) -> Running:
             "traffic (and any tokens); use --tls-cert/--tls-key",
             settings.host,
         )
-    control_port = server.add_insecure_port("127.0.0.1:0") if settings.control_port else None
+    control_port = (
+        server.add_insecure_port(f"{settings.control_host}:0") if settings.control_port else None
+    )
     watcher = None
     if sources is not None and settings.watch_seconds is not None:
         watcher = Watcher(registry, plane.changed, settings.watch_seconds, sources)

@@ -1,0 +1,250 @@
+"""The replicas of one repository on a Ray cluster: placed, started, wired, kept in step.
+
+The process that runs ``onnxforge serve --ray`` is the Ray driver and owns the replicas
+(``cluster.replica``), each a Ray actor with unlimited restarts. :class:`Deployment`
+places them round-robin over the cluster's nodes (soft affinity: a replica whose node is
+gone is restarted on another), starts the first on the port asked for (0: a free one) and
+the others on the port it got, and tells each where the others' control ports are.
+
+Ray restarts a replica whose process dies, but a restarted actor is a fresh process with
+nothing loaded and no peers. :meth:`Deployment.tick`, called every half second, finds it
+(its probe fails while it is down; it comes back with no control port), starts it, makes
+it serve the models the others serve, and gives every replica the new list of peers.
+Until a replica is back, the others answer for the cluster without it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+from ray.exceptions import GetTimeoutError, RayError
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from onnxforge.cluster.replica import ReplicaInfo, ReplicaServer
+from onnxforge.server.app import Settings
+
+log = logging.getLogger("onnxforge.cluster")
+
+NAMESPACE = "onnxforge"
+PROBE_SECONDS = 2.0  # a replica that does not answer its probe in this long counts as down
+CALL_SECONDS = 120.0  # starting a replica may build and open large models
+
+
+class DeploymentError(RuntimeError):
+    """The replicas could not be placed or started (the message says which and why)."""
+
+
+@dataclass
+class _Replica:
+    index: int
+    handle: Any  # ray.actor.ActorHandle: untyped
+    node_id: str  # where it was placed first
+    info: ReplicaInfo | None = None  # the process that serves and is wired; None while down
+    probe: Any = None  # the outstanding info() call
+    probe_sent: float = 0.0
+    starting: Any = None  # the outstanding start() call of a restarted process
+    restarts: int = 0  # processes seen after the first
+
+    @property
+    def up(self) -> bool:
+        return self.info is not None
+
+
+@dataclass
+class Deployment:
+    """``replicas`` servers of ``settings.repository``, ``cpus`` Ray CPUs each."""
+
+    settings: Settings
+    replicas: int
+    cpus: float = 1.0
+    name: str = "replica"
+    level: str = "info"  # the replicas' logging
+    fmt: str = "text"
+    port: int = 0  # the public port, once started
+    members: list[_Replica] = field(default_factory=list)
+
+    def start(self) -> int:
+        """Place and start every replica, wire them; returns the public port."""
+        nodes = sorted(
+            (node for node in live_nodes()),
+            key=lambda node: (not node.get("IsHeadNode", False), node["NodeID"]),
+        )
+        if not nodes:
+            raise DeploymentError("the Ray cluster has no live node")
+        actor = ray.remote(ReplicaServer)
+        for index in range(self.replicas):
+            node_id = nodes[index % len(nodes)]["NodeID"]
+            handle = actor.options(
+                name=f"{self.name}-{index}",
+                max_restarts=-1,
+                max_task_retries=0,  # a call in flight when it dies fails; no silent rerun
+                num_cpus=self.cpus,
+                scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=True),
+            ).remote(self.settings, self.level, self.fmt)
+            self.members.append(_Replica(index, handle, node_id))
+        first = self._call(self.members[0].handle.start.remote(self.settings.port), "start")
+        self.port = first.port
+        self.members[0].info = first
+        started = [member.handle.start.remote(self.port) for member in self.members[1:]]
+        for member, ref in zip(self.members[1:], started, strict=True):
+            member.info = self._call(ref, "start")
+        for member in self.members:
+            assert member.info is not None
+            log.info(
+                "replica %d: pid %d on node %s, control %s",
+                member.index,
+                member.info.pid,
+                member.info.node_id[:12],
+                member.info.control,
+            )
+        self._wire()
+        return self.port
+
+    def models(self) -> int:
+        """How many models the replicas serve (as the first live one says)."""
+        models = self._serving_models(exclude=None)
+        return len(models or ())
+
+    def nodes(self) -> int:
+        return len({member.info.node_id for member in self.members if member.info})
+
+    def tick(self) -> None:
+        """Probe every replica; start and wire one that Ray restarted; rewire on a change."""
+        changed = False
+        now = time.monotonic()
+        for member in self.members:
+            changed |= self._probe(member, now)
+            changed |= self._finish_start(member)
+        if changed:
+            self._wire()
+
+    def stop(self, grace: float) -> None:
+        """Drain every replica, then end the actors (no restart)."""
+        stops = [member.handle.stop.remote(grace) for member in self.members]
+        try:
+            ray.get(stops, timeout=grace + 30)
+        except RayError as error:
+            log.warning("a replica did not stop cleanly: %s", error)
+        for member in self.members:
+            ray.kill(member.handle, no_restart=True)
+
+    # ------------------------------------------------------------------ internals
+
+    def _probe(self, member: _Replica, now: float) -> bool:
+        """Whether ``member`` went down; sends it a fresh start when it came back empty."""
+        if member.probe is None:
+            member.probe, member.probe_sent = member.handle.info.remote(), now
+            return False
+        done, _ = ray.wait([member.probe], timeout=0)
+        if not done:
+            # No answer yet: its process is gone or restarting (or stuck, which is as bad).
+            return now - member.probe_sent > PROBE_SECONDS and self._down(member, "no answer")
+        probe, member.probe = member.probe, None
+        try:
+            info: ReplicaInfo = ray.get(probe)
+        except RayError as error:
+            return self._down(member, type(error).__name__)
+        went_down = False
+        if member.info is not None and info.pid != member.info.pid:
+            went_down = self._down(member, f"now pid {info.pid}")
+        if info.control is None and member.starting is None:
+            # A fresh process: Ray restarted the actor, which runs __init__ only.
+            member.restarts += 1
+            member.starting = member.handle.start.remote(self.port)
+        elif info.control is not None and member.info is None and member.starting is None:
+            member.info = info  # it was only slow to answer: the same process, serving
+            return True
+        return went_down
+
+    def _down(self, member: _Replica, why: str) -> bool:
+        if member.info is None:
+            return False
+        log.warning(
+            "replica %d (pid %d) is down (%s): the others serve; Ray restarts it",
+            member.index,
+            member.info.pid,
+            why,
+        )
+        member.info = None
+        return True
+
+    def _finish_start(self, member: _Replica) -> bool:
+        if member.starting is None:
+            return False
+        done, _ = ray.wait([member.starting], timeout=0)
+        if not done:
+            return False
+        starting, member.starting = member.starting, None
+        try:
+            info: ReplicaInfo = ray.get(starting)
+            models = self._serving_models(exclude=member)
+            if models is not None:
+                ray.get(member.handle.match.remote(models), timeout=CALL_SECONDS)
+        except RayError as error:
+            log.warning("replica %d: restart failed (%s); trying again", member.index, error)
+            return False
+        member.info = info
+        log.info(
+            "replica %d is back: pid %d on node %s, control %s (restart %d)",
+            member.index,
+            info.pid,
+            info.node_id[:12],
+            info.control,
+            member.restarts,
+        )
+        return True
+
+    def _serving_models(self, exclude: _Replica | None) -> list[str] | None:
+        """The models a live replica serves (None when no other replica is up)."""
+        for other in self.members:
+            if other is not exclude and other.up:
+                try:
+                    models: list[str] = ray.get(
+                        other.handle.ready_models.remote(), timeout=PROBE_SECONDS
+                    )
+                except RayError:
+                    continue
+                return models
+        return None
+
+    def _wire(self) -> None:
+        up = [member for member in self.members if member.info is not None]
+        addresses = [member.info.control for member in up if member.info is not None]
+        calls = [member.handle.connect.remote(addresses) for member in up]
+        try:
+            ray.get(calls, timeout=CALL_SECONDS)
+        except RayError as error:  # one died meanwhile: the next tick sees it and rewires
+            log.warning("wiring the replicas: %s", error)
+
+    def _call(self, ref: Any, what: str) -> Any:
+        try:
+            return ray.get(ref, timeout=CALL_SECONDS)
+        except GetTimeoutError:
+            raise DeploymentError(
+                f"a replica did not {what} within {CALL_SECONDS:g} s (not enough free CPUs "
+                f"for {self.replicas} replicas of {self.cpus:g} CPUs?)"
+            ) from None
+        except RayError as error:  # the replica's own error, with Ray's traceback around it
+            raise DeploymentError(f"a replica failed to {what}: {_last_line(error)}") from None
+
+
+def replica_settings(settings: Settings, cpus: float) -> Settings:
+    """Each replica's own: ONNX Runtime threads to its CPUs unless set; no metrics port clash."""
+    threads = settings.threads or max(1, int(cpus))
+    metrics = None if settings.metrics_port is None else 0
+    return dataclasses.replace(settings, threads=threads, metrics_port=metrics)
+
+
+def _last_line(error: BaseException) -> str:
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__
+
+
+def live_nodes() -> list[dict[str, Any]]:
+    nodes: list[dict[str, Any]] = ray.nodes()  # type: ignore[no-untyped-call]
+    return [node for node in nodes if node["Alive"]]

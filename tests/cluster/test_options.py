@@ -1,0 +1,40 @@
+"""``serve --ray``'s options, and Ray staying out of every process that does not ask for it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+
+from tests.conftest import REPO_ROOT, CliResult
+
+
+def test_import_and_plain_serve_leave_ray_out() -> None:
+    code = textwrap.dedent(
+        """
+        import sys
+        import onnxforge, onnxforge.cli, onnxforge.cli.serve, onnxforge.cluster
+        from onnxforge.cluster import RayOptions
+        RayOptions()
+        print(sorted(name for name in sys.modules if name == "ray" or name.startswith("ray.")))
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+    )
+    assert done.stdout.strip() == "[]"
+
+
+def test_workers_and_ray_do_not_combine(run_cli: Callable[..., CliResult], tmp_path: Path) -> None:
+    result = run_cli("serve", tmp_path, "--ray", "--workers", "2")
+    assert result.code == 2
+    assert "--workers does not combine with --ray: use --replicas" in result.err
+
+
+def test_ray_flags_are_listed_in_help(run_cli: Callable[..., CliResult]) -> None:
+    result = run_cli("serve", "--help")
+    assert result.code == 0
+    for flag in ("--ray [ADDRESS]", "--replicas", "--replica-cpus", "--ray-namespace"):
+        assert flag in result.out

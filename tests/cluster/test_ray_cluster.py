@@ -1,0 +1,375 @@
+"""``onnxforge serve --ray`` on a real two-node Ray cluster, through an unmodified tritonclient.
+
+One cluster for the module (a head and a worker node, ``ray.cluster_utils.Cluster``: real
+raylets and a GCS, on this machine) and one ``serve --ray`` process with two replicas, one
+per node, serving a repository of a model and its fp16 variant that ``onnxforge build``
+wrote. tritonclient runs in a subprocess (``triton_cluster.py``: its protos collide with
+``onnxforge.protocol.generated``); every answer is checked here, against
+``builder.reference`` and against what a plain ``onnxforge serve`` answers to the same
+script. Replicas are also reached one by one on their own control ports, with the internal
+token where a call must stay at that replica.
+
+No assertion depends on timing; waits poll the observed state within a bound.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+import yaml
+
+from onnxforge.bench.process import SERVING as PLAIN_SERVING
+from onnxforge.bench.process import ServerError, ServerProcess
+from onnxforge.builder import load_spec, reference
+from onnxforge.client import InferenceClient
+from onnxforge.cluster import SERVING
+from onnxforge.protocol.generated import inference_pb2 as pb
+from onnxforge.protocol.generated import inference_pb2_grpc as pb_grpc
+from onnxforge.server.peers import PEER_HEADER
+from onnxforge.server.security import INTERNAL_TOKEN_ENV
+from tests.conftest import REPO_ROOT
+from tests.helpers import mlp_document, wait_until
+
+SCRIPT = Path(__file__).with_name("triton_cluster.py")
+TOKEN = "cluster-test-internal-token"
+WAIT = 60.0  # bound on every wait for the cluster; no test depends on timing
+REPLICA = re.compile(r"replica (\d+): pid (\d+) on node (\w+), control ([\d.]+:\d+)")
+BACK = re.compile(r"replica (\d+) is back: pid (\d+) on node (\w+), control ([\d.]+:\d+)")
+
+pytestmark = [
+    pytest.mark.skipif(
+        importlib.util.find_spec("ray") is None,
+        reason="Ray is not installed (pip install -e '.[ray]'; the test extra includes it)",
+    ),
+    pytest.mark.skipif(
+        importlib.util.find_spec("tritonclient") is None,
+        reason="tritonclient is not installed (pip install -e '.[test]')",
+    ),
+    # Ray's own modules warn about their dependencies on import; not ours to fix.
+    pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+    pytest.mark.filterwarnings("ignore::FutureWarning"),
+]
+
+
+@dataclass
+class Replica:
+    index: int
+    pid: int
+    node: str
+    control: str  # its own address: the server alone, not shared with the others
+
+
+@dataclass
+class Served:
+    """The cluster, the ``serve --ray`` process and a plain server of the same repository."""
+
+    cluster: Any
+    ray: ServerProcess
+    plain: ServerProcess
+    repository: Path
+    x: np.ndarray
+
+    @property
+    def url(self) -> str:
+        return f"127.0.0.1:{self.ray.port}"
+
+    def replicas(self) -> dict[int, Replica]:
+        """Each replica's current process, from the driver's lines (the latest wins)."""
+        found: dict[int, Replica] = {}
+        for line in list(self.ray.lines):
+            for pattern in (REPLICA, BACK):
+                match = pattern.search(line)
+                if match:
+                    index, pid, node, control = match.groups()
+                    found[int(index)] = Replica(int(index), int(pid), node, control)
+        return found
+
+
+def build_repository(folder: Path) -> Path:
+    """The model and its fp16 variant, built by ``onnxforge build``; the spec served beside."""
+    repository = folder / "repository"
+    spec = repository / "tiny" / "spec.yaml"
+    spec.parent.mkdir(parents=True)
+    spec.write_text(yaml.safe_dump(mlp_document(name="tiny", variants=["fp32", "fp16"])))
+    python("-m", "onnxforge", "build", str(spec), "--repository", str(repository))
+    return repository
+
+
+def python(*args: str) -> str:
+    """``python ARGS...`` from the repository's root (bounded); its stdout."""
+    done = subprocess.run(
+        [sys.executable, *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=180
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    from ray.cluster_utils import Cluster
+
+    folder = tmp_path_factory.mktemp("cluster")
+    repository = build_repository(folder)
+    x = np.random.default_rng(13).normal(size=(40, 4)).astype(np.float32)
+    try:
+        cluster = Cluster(
+            initialize_head=True,
+            connect=False,
+            head_node_args={"num_cpus": 2, "include_dashboard": False},
+        )
+        cluster.add_node(num_cpus=2)
+        cluster.wait_for_nodes(timeout=WAIT)
+    except Exception as error:  # no Ray here (sandbox, no shared memory...): say why
+        pytest.skip(f"a local Ray cluster cannot start here: {type(error).__name__}: {error}")
+    previous = os.environ.get(INTERNAL_TOKEN_ENV)
+    os.environ[INTERNAL_TOKEN_ENV] = TOKEN  # so that a test can talk to one replica alone
+    ray_server = plain = None
+    try:
+        ray_server = ServerProcess(
+            repository,
+            "--ray",
+            cluster.address,
+            "--replicas",
+            "2",
+            threads=1,
+            metrics=False,
+            pattern=SERVING,
+            cwd=REPO_ROOT,
+            start_seconds=120,
+        )
+        plain = ServerProcess(
+            repository, threads=1, metrics=False, pattern=PLAIN_SERVING, cwd=REPO_ROOT
+        )
+        yield Served(cluster, ray_server, plain, repository, x)
+    except ServerError as error:
+        pytest.fail(str(error))
+    finally:
+        for process in (ray_server, plain):
+            if process is not None:
+                process.close()
+        if previous is None:
+            os.environ.pop(INTERNAL_TOKEN_ENV, None)
+        else:
+            os.environ[INTERNAL_TOKEN_ENV] = previous
+        cluster.shutdown()
+
+
+def run_script(scenario: str, url: str, folder: Path, x: np.ndarray) -> dict[str, Any]:
+    folder.mkdir(parents=True, exist_ok=True)
+    np.save(folder / "x.npy", x)
+    results: dict[str, Any] = json.loads(python(str(SCRIPT), scenario, url, str(folder)))
+    broken = {k: v for k, v in results.items() if isinstance(v, dict) and "exception" in v}
+    assert not broken, json.dumps(broken, indent=1)
+    return results
+
+
+def expected(repository: Path, x: np.ndarray) -> np.ndarray:
+    return reference.forward(load_spec(repository / "tiny" / "spec.yaml"), x)
+
+
+def alone(control: str, request: Any, method: str) -> Any:
+    """A call that stays at one replica: marked as passed on, with the internal token."""
+    with grpc.insecure_channel(control) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        metadata = ((PEER_HEADER, "1"), ("authorization", f"Bearer {TOKEN}"))
+        return getattr(stub, method)(request, metadata=metadata, timeout=WAIT)
+
+
+def served_rows(control: str) -> int:
+    """Rows of "tiny" this replica alone has answered."""
+    answer = alone(control, pb.ModelStatisticsRequest(name="tiny"), "ModelStatistics")
+    return sum(stats.inference_count for stats in answer.model_stats)
+
+
+# ------------------------------------------------------------------ placement, answers
+
+
+@pytest.fixture(scope="module")
+def scenario(served: Served, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    folder = tmp_path_factory.mktemp("serve")
+    return {
+        "ray": run_script("serve", served.url, folder / "ray", served.x),
+        "plain": run_script("serve", served.plain.url, folder / "plain", served.x),
+        "folder": folder,
+    }
+
+
+def test_one_replica_per_node_sharing_one_port(served: Served) -> None:
+    replicas = served.replicas()
+    assert sorted(replicas) == [0, 1]
+    assert len({replica.node for replica in replicas.values()}) == 2
+    assert len({replica.control for replica in replicas.values()}) == 2
+    for replica in replicas.values():  # each answers on its own, and shares the public port
+        answer = alone(replica.control, pb.ServerReadyRequest(), "ServerReady")
+        assert answer.ready is True
+    assert "with 2 replica(s) on 2 node(s)" in served.ray.output
+
+
+def test_every_status_and_metadata_as_on_a_single_server(scenario: dict[str, Any]) -> None:
+    ray, plain = scenario["ray"], scenario["plain"]
+    assert set(ray) == set(plain)
+    for step in plain:
+        if step == "statistics":
+            continue  # timings differ; counts are checked below
+        assert ray[step] == plain[step], step
+    # The values themselves, not only their agreement.
+    assert ray["live"] is True and ray["ready"] is True
+    assert (ray["model_ready"], ray["variant_ready"], ray["unknown_ready"]) == (True, True, False)
+    assert [(t["name"], t["datatype"], t["shape"]) for t in ray["metadata"]["inputs"]] == [
+        ("x", "FP32", ["-1", "4"])
+    ]
+    assert ray["variant_metadata"]["name"] == "tiny-fp16"
+    states = {(m["name"], m["state"]) for m in ray["index"]["models"]}
+    assert states == {("tiny", "READY"), ("tiny-fp16", "READY")}
+    assert ray["unknown_model"]["status"] == "StatusCode.NOT_FOUND"
+    assert ray["unknown_version"]["status"] == "StatusCode.NOT_FOUND"
+    assert ray["wrong_shape"]["status"] == "StatusCode.INVALID_ARGUMENT"
+    assert ray["wrong_datatype"]["status"] == "StatusCode.INVALID_ARGUMENT"
+    assert ray["unknown_output"]["status"] == "StatusCode.INVALID_ARGUMENT"
+    assert ray["metadata_unknown"]["status"] == "StatusCode.NOT_FOUND"
+    assert ray["with_id"] == {"model_name": "tiny", "id": "r-7"}
+
+
+def test_answers_match_the_reference(served: Served, scenario: dict[str, Any]) -> None:
+    folder, x = scenario["folder"] / "ray", served.x
+    want = expected(served.repository, x)
+    np.testing.assert_allclose(np.load(folder / "infer.npy"), want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.load(folder / "with_id.npy"), want[:2], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.load(folder / "after_errors.npy"), want[:3], atol=1e-6)
+    # fp16 weights and arithmetic: within the build's own measured error, with room.
+    np.testing.assert_allclose(np.load(folder / "variant.npy"), want, atol=2e-3)
+    stream = scenario["ray"]["stream"]
+    assert [answer.get("id") for answer in stream] == ["s0", None, "s1", "s2"]
+    assert "model 'nope' not found" in stream[1]["message"]
+    for k in range(3):
+        got = np.load(folder / f"stream.s{k}.npy")
+        np.testing.assert_allclose(got, want[: k + 1], rtol=1e-5, atol=1e-6)
+
+
+def test_statistics_add_up_over_the_replicas(scenario: dict[str, Any]) -> None:
+    """The script's requests reached both replicas; the counts are those of one server."""
+
+    def counts(results: dict[str, Any]) -> tuple[Any, ...]:
+        (stats,) = results["statistics"]["model_stats"]
+        inference = stats["inference_stats"]
+        return (
+            stats["inference_count"],
+            inference["success"].get("count"),
+            inference["fail"].get("count"),
+        )
+
+    assert counts(scenario["ray"]) == counts(scenario["plain"])
+    assert int(counts(scenario["ray"])[0]) > 0
+
+
+# ------------------------------------------------------------------ repository control
+
+
+def test_load_and_unload_reach_every_replica(served: Served, tmp_path: Path) -> None:
+    replicas = served.replicas()
+    (tmp_path / "replicas.json").write_text(
+        json.dumps([replicas[k].control for k in sorted(replicas)])
+    )
+    got = run_script("control", served.url, tmp_path, served.x)
+    unavailable = "StatusCode.UNAVAILABLE"
+    want = expected(served.repository, served.x)
+    assert got["unload"] is None and got["load"] is None
+    assert got["ready_after_unload"] == [False, False]
+    for answer in got["infer_after_unload"]:
+        assert answer["status"] == unavailable and "not ready" in answer["message"], answer
+    for k in range(2):  # the model itself stays served at both
+        assert got["model_still_served"][k] == {"model_name": "tiny", "id": ""}
+        np.testing.assert_allclose(np.load(tmp_path / f"model_after_unload.{k}.npy"), want, 1e-5)
+    states = {m["name"]: m["state"] for m in got["index_after_unload"]["models"]}
+    assert states == {"tiny": "READY", "tiny-fp16": "UNAVAILABLE"}
+    assert got["ready_after_load"] == [True, True]
+    for k in range(2):
+        np.testing.assert_allclose(np.load(tmp_path / f"infer_after_load.{k}.npy"), want, atol=2e-3)
+    assert got["load_unknown"]["status"] == "StatusCode.NOT_FOUND"
+    assert got["unload_unknown"]["status"] == "StatusCode.NOT_FOUND"
+
+
+# ------------------------------------------------------------------ faults
+
+
+def test_replica_killed_under_load(served: Served, tmp_path: Path) -> None:
+    """SIGKILL to a busy replica: every request answered right, or refused UNAVAILABLE first.
+
+    The load's clients send a request again after UNAVAILABLE (as a client should), so every
+    request ends answered; the test also sees Ray restart the replica and it serve again.
+    """
+    np.save(tmp_path / "x.npy", served.x)
+    load = subprocess.Popen(
+        [sys.executable, str(SCRIPT), "load", served.url, str(tmp_path)],
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    progress = tmp_path / "progress"
+
+    def answered() -> int:
+        with contextlib.suppress(OSError, ValueError):
+            return int(progress.read_text() or 0)
+        return 0
+
+    try:
+        wait_until(lambda: answered() >= 20, "the load under way", WAIT)
+        replicas = served.replicas()
+        before = {k: served_rows(r.control) for k, r in replicas.items()}
+        mark = answered()
+        wait_until(lambda: answered() >= mark + 60, "more of the load answered", WAIT)
+        busy = {k: served_rows(r.control) - before[k] for k, r in replicas.items()}
+        victim = max(busy, key=lambda k: busy[k])
+        assert busy[victim] > 0, busy  # the replica killed was serving this load
+        old = replicas[victim]
+        os.kill(old.pid, signal.SIGKILL)
+        back = wait_until(
+            lambda: (r := served.replicas().get(victim)) and r.pid != old.pid and r,
+            f"replica {victim} restarted by Ray",
+            WAIT,
+        )
+        mark = answered()
+        wait_until(lambda: answered() >= mark + 60, "the load answered after the restart", WAIT)
+    finally:
+        (tmp_path / "stop").touch()
+        out, err = load.communicate(timeout=WAIT)
+    assert load.returncode == 0, err
+    # The restarted replica, on its own new port: serving, with the models of the others.
+    assert back.node == old.node  # soft affinity: its node is alive, so there again
+    with InferenceClient(back.control) as client:
+        got = client.infer("tiny", {"x": served.x})
+    np.testing.assert_allclose(
+        next(iter(got.values())), expected(served.repository, served.x), rtol=1e-5, atol=1e-6
+    )
+    requests = json.loads(out)["requests"]
+    outputs = np.load(tmp_path / "outputs.npz")
+    tally = {"answered": 0, "refused_then_answered": 0, "refused": 0, "lost": 0, "wrong": 0}
+    for request in requests:
+        attempts = request["attempts"]
+        tally["refused"] += sum(a == "StatusCode.UNAVAILABLE" for a in attempts)
+        if attempts[-1] != "answered" or any(a != "StatusCode.UNAVAILABLE" for a in attempts[:-1]):
+            tally["lost"] += 1
+            continue
+        rows = served.x[request["first"] : request["first"] + request["rows"]]
+        want = expected(served.repository, rows)
+        if not np.allclose(outputs[request["key"]], want, rtol=1e-5, atol=1e-6):
+            tally["wrong"] += 1
+        tally["answered" if len(attempts) == 1 else "refused_then_answered"] += 1
+    print(f"replica {victim} killed under load: {len(requests)} requests, {tally}")
+    assert tally["lost"] == 0 and tally["wrong"] == 0, tally
+    assert tally["answered"] + tally["refused_then_answered"] == len(requests)
