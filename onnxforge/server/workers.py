@@ -106,8 +106,7 @@ def run_workers(settings: Settings, workers: int, level: str = "info", fmt: str 
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         metrics_port = metrics.serve(settings.host, settings.metrics_port, registry).server_port
         metrics_where = (
-            f"http://{settings.host}:{metrics_port}/metrics, served by the parent "
-            "for all workers"
+            f"http://{settings.host}:{metrics_port}/metrics, served by the parent for all workers"
         )
     worker_settings = dataclasses.replace(
         settings,
