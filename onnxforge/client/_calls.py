@@ -13,8 +13,10 @@ from typing import Any, Generic, TypeVar
 
 import numpy as np
 import numpy.typing as npt
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
 
-from onnxforge.client.errors import InvalidResponse
+from onnxforge.client.errors import InferenceServerError, InvalidResponse
 from onnxforge.protocol import headers as onnxforge_headers
 from onnxforge.protocol import tensors
 from onnxforge.protocol.generated import inference_pb2 as pb
@@ -101,6 +103,35 @@ def infer(
     return Call("ModelInfer", request, lambda response, _: decode_outputs(response))
 
 
+@dataclass(frozen=True)
+class StreamResult:
+    """One answer of a stream (``stream``): the outputs, or the error for that request.
+
+    ``request_id`` is the request's position in what was sent (``"0"``, ``"1"``, ...). A
+    failed request does not end the stream; its error's code is ``UNKNOWN``, as the
+    protocol's stream answer carries a message but no status.
+    """
+
+    request_id: str
+    outputs: dict[str, np.ndarray] | None = None
+    error: InferenceServerError | None = None
+
+    def result(self) -> dict[str, np.ndarray]:
+        """The outputs; raises the request's error when it failed."""
+        if self.error is not None:
+            raise self.error
+        assert self.outputs is not None
+        return self.outputs
+
+
+def stream_result(response: pb.ModelStreamInferResponse) -> StreamResult:
+    request_id = str(response.infer_response.id)
+    if response.error_message:
+        failed = InferenceServerError("UNKNOWN", response.error_message)
+        return StreamResult(request_id, error=failed)
+    return StreamResult(request_id, outputs=decode_outputs(response.infer_response))
+
+
 # ------------------------------------------------------------------ health, metadata
 
 
@@ -155,6 +186,52 @@ def _model_info(response: pb.ModelMetadataResponse, headers: Headers) -> ModelIn
         spec_sha256=headers.get(onnxforge_headers.SPEC_SHA256),
         headers=dict(headers),
     )
+
+
+def model_config(model: str, version: str) -> Call[dict[str, Any]]:
+    request = pb.ModelConfigRequest(name=model, version=version)
+    return Call("ModelConfig", request, lambda response, _: message_dict(response.config))
+
+
+def message_dict(message: Message) -> dict[str, Any]:
+    """A message as plain data in protobuf's JSON shape with the .proto's field names, but
+    64-bit integers as numbers (JSON's strings): Triton's HTTP ``ModelConfig`` answer.
+
+    Fields without presence appear with their defaults; a message field or a oneof member
+    only when set.
+    """
+    found: dict[str, Any] = {}
+    for described in message.DESCRIPTOR.fields:
+        single_message = described.type == FieldDescriptor.TYPE_MESSAGE and not _repeated(described)
+        if (single_message or described.containing_oneof is not None) and not message.HasField(
+            described.name
+        ):
+            continue
+        value = getattr(message, described.name)
+        if described.message_type is not None and described.message_type.GetOptions().map_entry:
+            entry = described.message_type.fields_by_name["value"]
+            found[described.name] = {key: _plain(entry, item) for key, item in value.items()}
+        elif _repeated(described):
+            found[described.name] = [_plain(described, item) for item in value]
+        else:
+            found[described.name] = _plain(described, value)
+    return found
+
+
+def _repeated(field: Any) -> bool:  # Any: the stubs type upb's descriptors apart
+    known = getattr(field, "is_repeated", None)  # protobuf 7 has no ``label`` any more
+    if known is not None:
+        return bool(known)
+    return getattr(field, "label", None) == 3  # LABEL_REPEATED, before ``is_repeated``
+
+
+def _plain(field: Any, value: Any) -> Any:
+    if field.type == FieldDescriptor.TYPE_MESSAGE:
+        return message_dict(value)
+    if field.type == FieldDescriptor.TYPE_ENUM and field.enum_type is not None:
+        known = field.enum_type.values_by_number.get(value)
+        return known.name if known is not None else value
+    return value
 
 
 # ---------------------------------------------------------- repository, statistics

@@ -7,7 +7,7 @@ into the typed error of :mod:`onnxforge.client.errors`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -15,7 +15,7 @@ import numpy as np
 import numpy.typing as npt
 
 from onnxforge.client import _calls as calls
-from onnxforge.client._calls import Call, ModelInfo
+from onnxforge.client._calls import Call, ModelInfo, StreamResult
 from onnxforge.client.connection import Connection, header_dict, open_channel, status_error
 from onnxforge.client.errors import InferenceServerError
 from onnxforge.protocol.generated import inference_pb2 as pb
@@ -26,6 +26,7 @@ __all__ = ["AsyncInferenceClient", "InferenceClient"]
 T = TypeVar("T")
 Config = Mapping[str, Any] | str | None
 ModelIndex = pb.RepositoryIndexResponse.ModelIndex
+Inputs = Mapping[str, npt.ArrayLike]
 
 
 class _Client:
@@ -36,6 +37,50 @@ class _Client:
         self._metadata = self.connection.metadata()
         self._channel = open_channel(self.connection, aio=aio)
         self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
+
+    def _failure(self, error: grpc.RpcError) -> InferenceServerError:
+        return status_error(error, self.connection)
+
+
+class _Requests:
+    """A stream's requests, encoded as gRPC asks for them; an input that cannot be encoded
+    ends the requests and is raised once the answers so far are in (not inside gRPC)."""
+
+    def __init__(self, model: str, outputs: Sequence[str], version: str) -> None:
+        self.model, self.outputs, self.version = model, outputs, version
+        self.refused: ValueError | None = None
+        self.sent = 0
+
+    def encode(self, inputs: Inputs) -> pb.ModelInferRequest | None:
+        try:
+            request = calls.infer_request(
+                self.model, inputs, self.outputs, self.version, str(self.sent)
+            )
+        except ValueError as error:
+            self.refused = error
+            return None
+        self.sent += 1
+        return request
+
+    def of(self, requests: Iterable[Inputs]) -> Iterator[pb.ModelInferRequest]:
+        for inputs in requests:
+            request = self.encode(inputs)
+            if request is None:
+                return
+            yield request
+
+    async def of_async(
+        self, requests: Iterable[Inputs] | AsyncIterable[Inputs]
+    ) -> AsyncIterator[pb.ModelInferRequest]:
+        if not isinstance(requests, AsyncIterable):
+            for encoded in self.of(requests):
+                yield encoded
+            return
+        async for inputs in requests:
+            request = self.encode(inputs)
+            if request is None:
+                return
+            yield request
 
 
 class InferenceClient(_Client):
@@ -69,7 +114,7 @@ class InferenceClient(_Client):
                 response = method(call.request, timeout=timeout, metadata=self._metadata)
                 headers = {}
         except grpc.RpcError as error:
-            failure: InferenceServerError = status_error(error)
+            failure: InferenceServerError = self._failure(error)
         else:
             return call.answer(response, headers)
         raise failure  # outside the handler: no gRPC exception in its context
@@ -95,6 +140,13 @@ class InferenceClient(_Client):
     def model_info(self, model: str, version: str = "", timeout: float | None = None) -> ModelInfo:
         """The metadata with the variant, recorded accuracy and spec hash read from headers."""
         return self._run(calls.model_info(model, version), timeout)
+
+    def model_config(
+        self, model: str, version: str = "", timeout: float | None = None
+    ) -> dict[str, Any]:
+        """The model's configuration as it serves, in Triton's JSON ``ModelConfig`` shape
+        (what ``tritonclient.http``'s ``get_model_config`` returns)."""
+        return self._run(calls.model_config(model, version), timeout)
 
     def repository_index(
         self, ready: bool = False, timeout: float | None = None
@@ -126,6 +178,31 @@ class InferenceClient(_Client):
         """Every output (or those named) of ``model`` for ``inputs``, as arrays."""
         return self._run(calls.infer(model, inputs, outputs, version), timeout)
 
+    def stream(
+        self,
+        model: str,
+        requests: Iterable[Inputs],
+        outputs: Sequence[str] = (),
+        version: str = "",
+        timeout: float | None = None,
+    ) -> Iterator[StreamResult]:
+        """Many inferences over one call (ModelStreamInfer): one :class:`StreamResult` per
+        request, in order, as they come; a failed request does not end the stream."""
+        sending = _Requests(model, outputs, version)
+        answers = self._stub.ModelStreamInfer(
+            sending.of(requests), timeout=timeout, metadata=self._metadata
+        )
+        try:
+            for response in answers:
+                yield calls.stream_result(response)
+        except grpc.RpcError as error:
+            failure: Exception = self._failure(error)
+        else:
+            if sending.refused is None:
+                return
+            failure = sending.refused
+        raise failure  # outside the handler: no gRPC exception in its context
+
 
 class AsyncInferenceClient(_Client):
     """The asyncio twin of :class:`InferenceClient`: the same methods, awaited."""
@@ -150,7 +227,7 @@ class AsyncInferenceClient(_Client):
             response = await rpc
             headers = header_dict(await rpc.initial_metadata()) if call.headers else {}
         except grpc.RpcError as error:
-            failure: InferenceServerError = status_error(error)
+            failure: InferenceServerError = self._failure(error)
         else:
             return call.answer(response, headers)
         raise failure  # outside the handler: no gRPC exception in its context
@@ -177,6 +254,11 @@ class AsyncInferenceClient(_Client):
     ) -> ModelInfo:
         return await self._run(calls.model_info(model, version), timeout)
 
+    async def model_config(
+        self, model: str, version: str = "", timeout: float | None = None
+    ) -> dict[str, Any]:
+        return await self._run(calls.model_config(model, version), timeout)
+
     async def repository_index(
         self, ready: bool = False, timeout: float | None = None
     ) -> list[ModelIndex]:
@@ -202,3 +284,27 @@ class AsyncInferenceClient(_Client):
         timeout: float | None = None,
     ) -> dict[str, np.ndarray]:
         return await self._run(calls.infer(model, inputs, outputs, version), timeout)
+
+    async def stream(
+        self,
+        model: str,
+        requests: Iterable[Inputs] | AsyncIterable[Inputs],
+        outputs: Sequence[str] = (),
+        version: str = "",
+        timeout: float | None = None,
+    ) -> AsyncIterator[StreamResult]:
+        """As :meth:`InferenceClient.stream`; ``requests`` may be an async iterable."""
+        sending = _Requests(model, outputs, version)
+        answers = self._stub.ModelStreamInfer(
+            sending.of_async(requests), timeout=timeout, metadata=self._metadata
+        )
+        try:
+            async for response in answers:
+                yield calls.stream_result(response)
+        except grpc.RpcError as error:
+            failure: Exception = self._failure(error)
+        else:
+            if sending.refused is None:
+                return
+            failure = sending.refused
+        raise failure  # outside the handler: no gRPC exception in its context
