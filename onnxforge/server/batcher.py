@@ -198,6 +198,8 @@ class Batcher:
             on_cancel(lambda: self._cancel(request))
         while True:
             timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if timeout is not None:
+                timeout = min(timeout, threading.TIMEOUT_MAX)
             woken = event.wait(timeout)
             if request.lead:  # an instance was handed to this request: run the next batch
                 self._lead(request)

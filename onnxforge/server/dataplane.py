@@ -35,6 +35,7 @@ from onnxforge.builder.metadata import SPEC_SHA256
 from onnxforge.protocol import headers as protocol_headers
 from onnxforge.protocol.datatypes import from_numpy
 from onnxforge.server import validate
+from onnxforge.server.batcher import RequestCancelled
 from onnxforge.server.drain import Drain
 from onnxforge.server.errors import InvalidInput, LoadFailed, ServingError
 from onnxforge.server.model_config import config_json
@@ -136,6 +137,20 @@ class Inference:
         self, request: InferRequest, deadline: float | None = None
     ) -> dict[str, np.ndarray]:
         """Check the request against the model, then compute (``deadline``: monotonic s)."""
+        inputs, outputs = self._checked(request)
+        return await self._served.infer(inputs, outputs, deadline)
+
+    def run_blocking(
+        self,
+        request: InferRequest,
+        deadline: float | None = None,
+        on_cancel: Callable[[Callable[[], None]], object] | None = None,
+    ) -> dict[str, np.ndarray]:
+        """:meth:`run` on the caller's own thread (a thread-pool transport's)."""
+        inputs, outputs = self._checked(request)
+        return self._served.infer_blocking(inputs, outputs, deadline, on_cancel)
+
+    def _checked(self, request: InferRequest) -> tuple[dict[str, np.ndarray], list[str]]:
         served = self._served
         datatypes = request.datatypes
         if datatypes is None:
@@ -146,7 +161,7 @@ class Inference:
             validate.supported_parameters(wanted.parameters, f"output '{wanted.name}'")
         outputs = validate.requested_outputs(served, [wanted.name for wanted in request.outputs])
         self.rows = len(next(iter(inputs.values()))) if inputs else 0
-        return await served.infer(inputs, outputs, deadline)
+        return inputs, outputs
 
 
 class _Serving:
@@ -158,7 +173,7 @@ class _Serving:
     def __init__(self, plane: DataPlane, name: str, version: str) -> None:
         self._plane, self._name, self._version = plane, name, version
 
-    async def __aenter__(self) -> Inference:
+    def __enter__(self) -> Inference:
         plane = self._plane
         plane.drain.check()  # UNAVAILABLE and NOT_FOUND are not counted as served calls
         self._call = Inference(plane.registry.get(self._name, self._version), plane.max_rows)
@@ -166,14 +181,14 @@ class _Serving:
         plane.drain.enter()
         return self._call
 
-    async def __aexit__(
+    def __exit__(
         self, kind: type[BaseException] | None, error: BaseException | None, trace: Any
     ) -> None:
         plane, call = self._plane, self._call
         if kind is None:
             status = "OK"
             plane.drain.leave(answered=True)
-        elif isinstance(error, asyncio.CancelledError):
+        elif isinstance(error, asyncio.CancelledError | RequestCancelled):
             status = "CANCELLED"
             plane.drain.leave(cancelled=True)
         else:
@@ -181,6 +196,15 @@ class _Serving:
             plane.drain.leave()
         elapsed = time.monotonic_ns() - self._started
         plane.stats.request(call.model, call.version, status, elapsed, call.rows)
+
+    # The same, for a transport on the event loop (nothing in it waits).
+    async def __aenter__(self) -> Inference:
+        return self.__enter__()
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: Any
+    ) -> None:
+        self.__exit__(kind, error, trace)
 
 
 def _datatype(name: str, array: np.ndarray) -> str:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -59,6 +60,8 @@ class Drain:
         self.last_activity_ns = time.monotonic_ns()  # a call arrived or ended
         self.open_streams = 0  # streams not yet ended
         self._idle_streams: set[asyncio.Task[Any]] = set()  # awaiting their next request
+        # Calls begin and end on the transports' threads as well as on the event loop.
+        self._lock = threading.Lock()
 
     def tally(self) -> Tally:
         return Tally(self.answered_draining, self.refused_draining, self.cut_off)
@@ -69,7 +72,8 @@ class Drain:
     def check(self) -> None:
         """Unavailable (counted as refused) once the server drains."""
         if self.draining:
-            self.refused_draining += 1
+            with self._lock:
+                self.refused_draining += 1
             self.touch()
             raise Unavailable("the server is shutting down")
 
@@ -89,26 +93,30 @@ class Drain:
 
     def enter(self) -> None:
         """A call begins (what :meth:`call` does, for a caller of its own)."""
-        self.in_flight += 1
+        with self._lock:
+            self.in_flight += 1
         self.last_activity_ns = time.monotonic_ns()
 
     def leave(self, answered: bool = False, cancelled: bool = False) -> None:
         """A call :meth:`enter` began ends: answered in full, cancelled, or otherwise."""
-        if answered and self.draining:
-            self.answered_draining += 1
-        elif cancelled:
-            self.cut_off += 1
-        self.in_flight -= 1
+        with self._lock:
+            if answered and self.draining:
+                self.answered_draining += 1
+            elif cancelled:
+                self.cut_off += 1
+            self.in_flight -= 1
         self.last_activity_ns = time.monotonic_ns()
 
     @contextlib.contextmanager
     def stream(self) -> Iterator[None]:
         """One stream of calls: the drain waits for it to end."""
-        self.open_streams += 1
+        with self._lock:
+            self.open_streams += 1
         try:
             yield
         finally:
-            self.open_streams -= 1
+            with self._lock:
+                self.open_streams -= 1
             self.touch()
 
     async def next_request(self, requests: AsyncIterator[T]) -> T | None:
