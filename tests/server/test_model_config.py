@@ -1,19 +1,27 @@
-"""ModelConfig: a served model's configuration in Triton's JSON shape, from the data plane."""
+"""ModelConfig: a served model's configuration in Triton's JSON shape, from the data plane,
+and through a real server by tritonclient.grpc and onnxforge.client, held to config.pbtxt."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import tritonclient.grpc as triton_grpc
 import yaml
+from google.protobuf import json_format, text_format
+from tritonclient.grpc import model_config_pb2
+from tritonclient.utils import InferenceServerException
 
+from onnxforge.client import InferenceClient
 from onnxforge.server.dataplane import DataPlane
 from onnxforge.server.errors import ModelNotFound
 from onnxforge.server.registry import Registry
 from onnxforge.server.stats import Statistics
 from tests.helpers import mlp_document
+from tests.server.conftest import ServerThread
 
 
 def _config(root: Path, name: str, version: str = "", **registry: Any) -> dict[str, Any]:
@@ -64,3 +72,75 @@ def test_an_unknown_model_or_version_is_not_found(repository: Path) -> None:
         _config(repository, "nothere")
     with pytest.raises(ModelNotFound, match="7"):
         _config(repository, "tiny", "7")
+
+
+# ------------------------------------------------------- through a real server, by tritonclient
+
+
+def _on_disk(folder: Path) -> dict[str, Any]:
+    """``config.pbtxt`` read by protobuf's own text parser into Triton's ``ModelConfig``, in
+    the JSON shape tritonclient's ``as_json`` gives (our pbtxt reader plays no part)."""
+    text = (folder / "config.pbtxt").read_text()
+    parsed = text_format.Parse(text, model_config_pb2.ModelConfig())
+    return json_format.MessageToDict(parsed, preserving_proto_field_name=True)
+
+
+def _within(wanted: Any, got: Any) -> Any:
+    """``got`` cut to the fields ``wanted`` has (in nested messages and lists too)."""
+    if isinstance(wanted, dict) and isinstance(got, dict):
+        return {key: _within(value, got.get(key)) for key, value in wanted.items()}
+    if isinstance(wanted, list) and isinstance(got, list) and len(wanted) == len(got):
+        return [_within(one, other) for one, other in zip(wanted, got, strict=True)]
+    return got
+
+
+@pytest.fixture(scope="module")
+def triton(served: ServerThread) -> Iterator[Any]:
+    client = triton_grpc.InferenceServerClient(served.address)
+    yield client
+    client.close()
+
+
+@pytest.mark.parametrize("name", ["digits-mlp", "digits-mlp-int8-dynamic"])
+def test_tritonclient_gets_every_field_of_config_pbtxt(
+    served: ServerThread, triton: Any, name: str
+) -> None:
+    on_disk = _on_disk(served.settings.repository / name)
+    got = triton.get_model_config(name, as_json=True)["config"]
+    assert _within(on_disk, got) == on_disk  # the server may add fields (a group's name)
+    assert on_disk.keys() >= {"name", "platform", "max_batch_size", "input", "output"}
+    assert (got["backend"], got["default_model_filename"]) == ("onnxruntime", "model.onnx")
+
+
+def test_tritonclient_decodes_the_message_with_its_own_types(
+    served: ServerThread, triton: Any
+) -> None:
+    config = triton.get_model_config("digits-mlp").config
+    assert isinstance(config, model_config_pb2.ModelConfig)
+    assert config.max_batch_size == 64
+    assert [(i.name, i.data_type, list(i.dims)) for i in config.input] == [
+        ("x", model_config_pb2.TYPE_FP32, [64])
+    ]
+    assert [o.name for o in config.output] == ["probabilities", "hidden"]
+    assert config.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_CPU
+    assert config.version_policy.WhichOneof("policy_choice") == "latest"
+    assert config.dynamic_batching.max_queue_delay_microseconds == 500
+
+
+def test_an_unknown_model_is_not_found_for_tritonclient(triton: Any) -> None:
+    with pytest.raises(InferenceServerException, match="model 'nope' not found") as caught:
+        triton.get_model_config("nope")
+    assert caught.value.status() == "StatusCode.NOT_FOUND"
+    with pytest.raises(InferenceServerException, match="version '9' not found"):
+        triton.get_model_config("digits-mlp", "9")
+
+
+def test_onnxforge_client_gets_the_data_planes_json(served: ServerThread) -> None:
+    with InferenceClient(served.address) as client:
+        got = client.model_config("digits-mlp")
+    on_disk = _on_disk(served.settings.repository / "digits-mlp")
+    # Numbers as numbers (Triton's HTTP shape): dims [64], not ["64"].
+    assert got["input"][0]["dims"] == [64] and on_disk["input"][0]["dims"] == ["64"]
+    assert got["dynamic_batching"]["max_queue_delay_microseconds"] == 500
+    assert (got["name"], got["max_batch_size"]) == ("digits-mlp", on_disk["max_batch_size"])
+    assert [o["name"] for o in got["output"]] == [o["name"] for o in on_disk["output"]]
