@@ -1,8 +1,8 @@
 """NVIDIA's ``tritonclient.grpc`` against a running onnxforge server, in a process of its own.
 
-tritonclient's generated code registers the same protobuf names (``inference.ModelInferRequest``
-...) as ``onnxforge.protocol.generated``, so the two cannot live in one process:
-``test_interop.py`` runs the server and starts this script, which imports nothing of the project.
+It imports nothing of the project, so that what it sees is what any tritonclient user sees
+(both in one process: ``test_coexistence.py``); ``test_interop.py`` runs the server and
+starts this script.
 
     python tests/server/interop_tritonclient.py ADDRESS FOLDER {serve,control}
 

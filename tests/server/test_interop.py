@@ -43,9 +43,8 @@ WAIT = 60.0  # bound on a hung call; no test depends on timing
 
 needs_tritonclient = pytest.mark.skipif(
     importlib.util.find_spec("tritonclient") is None,
-    reason="tritonclient is not installed (pip install 'tritonclient>=2.73,<3'); it runs in a "
-    "subprocess because its protos collide with onnxforge.protocol.generated, so importorskip "
-    "cannot work",
+    reason="tritonclient is not installed (pip install 'tritonclient[grpc,http]>=2.73,<3'); "
+    "its script runs in a subprocess, so importorskip cannot say",
 )
 
 
