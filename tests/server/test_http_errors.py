@@ -7,6 +7,7 @@ server must answer the next good request right (held to the NumPy reference).
 
 from __future__ import annotations
 
+import http.client
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -209,6 +210,24 @@ def test_a_body_over_max_message_bytes_is_413_and_the_server_goes_on(
     answer = infer_json(server, x_tensor(shape=[len(values) // 4, 4], data=values))
     assert answer.status == 413
     assert f"this server takes at most {MAX_BYTES} bytes (--max-message-bytes)" in answer.error
+    assert_serves(server, repository)
+
+
+def test_a_body_announced_over_the_limit_is_413_before_it_is_sent(
+    server: ServeProcess, repository: Path
+) -> None:
+    assert server.http_port is not None
+    connection = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=60)
+    try:
+        connection.putrequest("POST", INFER)
+        connection.putheader("Content-Length", str(10 * MAX_BYTES))
+        connection.putheader("Expect", "100-continue")  # as curl sends for large bodies
+        connection.endheaders()  # and no body: the answer must come without it
+        response = connection.getresponse()
+        assert response.status == 413
+        assert f"holds {10 * MAX_BYTES} bytes" in json.loads(response.read())["error"]
+    finally:
+        connection.close()
     assert_serves(server, repository)
 
 

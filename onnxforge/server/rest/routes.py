@@ -29,11 +29,12 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 from aiohttp import web
+from aiohttp.http import HttpVersion11
 
 from onnxforge.server.dataplane import DataPlaneAPI
 from onnxforge.server.errors import InvalidRequest
 from onnxforge.server.rest import codec
-from onnxforge.server.rest.errors import BodyTooLarge
+from onnxforge.server.rest.errors import BodyTooLarge, error_response
 from onnxforge.server.security import Access, Security, bearer
 from onnxforge.server.stats import Duration, VersionStats
 
@@ -87,7 +88,9 @@ class Routes:
                 ("POST", prefix + "/infer", Access.CALL, self.infer),
             ]
         for method, path, access, handler in table:
-            router.add_route(method, path, self._guarded(access, handler))
+            router.add_route(
+                method, path, self._guarded(access, handler), expect_handler=self._expect
+            )
 
     def _guarded(self, access: Access, handler: Handler) -> Handler:
         security = self.security
@@ -99,6 +102,18 @@ class Routes:
             return await handler(request)
 
         return guarded
+
+    async def _expect(self, request: web.Request) -> web.StreamResponse | None:
+        """``Expect: 100-continue`` (curl's way with large bodies): 413 before the body comes."""
+        size = request.content_length
+        if size is not None and size > self.max_body:
+            return error_response(413, str(BodyTooLarge(self.max_body, size)))
+        expect = request.headers.get("Expect", "")
+        if request.version != HttpVersion11 or expect.lower() != "100-continue":
+            return error_response(417, f"unknown Expect: {expect[:40]} (only 100-continue)")
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the answer's own size starts after this line
+        return None
 
     async def _body(self, request: web.Request) -> bytes:
         """The whole body, or BodyTooLarge (413) over the limit, said before reading it."""
