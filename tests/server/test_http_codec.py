@@ -114,6 +114,7 @@ def test_nested_data_is_read_row_major() -> None:
         ("INT32", [1.5], "INT32 takes integers; 'data' value 0 is 1.5"),
         ("BOOL", [1], "BOOL takes true or false; 'data' value 0 is 1"),
         ("BYTES", [3], "BYTES takes strings in JSON; 'data' value 0 is 3"),
+        ("FP32", [10**400], "a 'data' value is too large for FP32"),
     ],
 )
 def test_json_values_outside_the_datatype_are_refused(

@@ -86,6 +86,7 @@ BAD_BODIES = {
     "no inputs": (b"{}", "'inputs' must be a non-empty list of tensors"),
     "misspelt key": (b'{"input": []}', "unknown key 'input' (known: id, parameters, inputs"),
     "not UTF-8": (b'{"inputs": "\xff"}', "the body is not JSON"),
+    "nested too deep": (b"[" * 30000 + b"]" * 30000, "the body is not JSON"),
 }
 
 

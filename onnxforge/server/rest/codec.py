@@ -85,10 +85,8 @@ def split_body(body: bytes, header_length: str | None) -> tuple[bytes, memoryvie
     """The JSON part and the binary part of a body (``header_length``: the header's value)."""
     if header_length is None:
         return body, memoryview(b"")
-    try:
-        length = int(header_length.strip())
-    except ValueError:
-        length = -1
+    text = header_length.strip()
+    length = int(text) if text.isascii() and text.isdigit() else -1
     if not 0 <= length <= len(body):
         raise InvalidRequest(
             f"header {HEADER_LENGTH} must be the byte length of the JSON part, from 0 to "
@@ -149,7 +147,7 @@ def decode_request(body: bytes, header_length: str | None) -> HttpInferRequest:
 def _object(text: bytes, what: str) -> dict[str, Any]:
     try:
         document = json.loads(text)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+    except (ValueError, RecursionError) as error:  # not UTF-8, not JSON, nested too deep
         raise InvalidRequest(
             f"the body is not JSON ({error}); expected {what}, e.g. {EXAMPLE}"
         ) from None
@@ -164,7 +162,7 @@ def read_object(body: bytes, what: str) -> dict[str, Any]:
         return {}
     try:
         document = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+    except (ValueError, RecursionError) as error:  # not UTF-8, not JSON, nested too deep
         raise InvalidRequest(f"the body is not JSON ({error}); expected {what}") from None
     if not isinstance(document, dict):
         raise InvalidRequest(f"expected a JSON object ({what}), got {_kind(document)}")
@@ -293,8 +291,11 @@ def _from_json(name: str, row: Datatype, shape: Sequence[int], data: object) -> 
             raise InvalidInput(
                 name, f"value {bad} is out of range for {row.name} ({info.min}..{info.max})"
             )
-    with np.errstate(over="ignore"):  # 1e300 as FP32 is inf; the model's check says so
-        return np.array(values, dtype=row.dtype).reshape(shape)
+    try:
+        with np.errstate(over="ignore"):  # 1e300 as FP32 is inf; the model's check says so
+            return np.array(values, dtype=row.dtype).reshape(shape)
+    except OverflowError:  # an integer of 400 digits for a float datatype
+        raise InvalidInput(name, f"a 'data' value is too large for {row.name}") from None
 
 
 def _flatten(name: str, data: object) -> list[Any]:
