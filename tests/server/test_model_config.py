@@ -4,6 +4,7 @@ and through a real server by tritonclient.grpc and onnxforge.client, held to con
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,50 @@ def test_an_unknown_model_or_version_is_not_found(repository: Path) -> None:
         _config(repository, "nothere")
     with pytest.raises(ModelNotFound, match="7"):
         _config(repository, "tiny", "7")
+
+
+def test_a_loads_config_and_the_files_parameters_are_in_the_answer(
+    repository: Path, tmp_path: Path
+) -> None:
+    """A model without a spec (its own config.pbtxt, with parameters), then a load's config."""
+    plain = tmp_path / "plain"
+    (plain / "1").mkdir(parents=True)
+    _config(repository, "tiny")  # builds tiny
+    (plain / "1" / "model.onnx").write_bytes(
+        (repository / "tiny" / "1" / "model.onnx").read_bytes()
+    )
+    (plain / "config.pbtxt").write_text(
+        'name: "plain"\nmax_batch_size: 0\n'
+        'parameters { key: "owner" value { string_value: "team-a" } }\n'
+        'parameters: { key: "note", value: { string_value: "x y" } }\n'
+    )
+
+    async def main() -> tuple[dict[str, Any], dict[str, Any]]:
+        loaded = Registry(tmp_path, threads=1)
+        await loaded.load_all()
+        plane = DataPlane(loaded, Statistics())
+        try:
+            before = await plane.model_config("plain")
+            config = {"max_batch_size": 4, "version_policy": {"all": {}}}
+            config["instance_group"] = [{"count": 2}]
+            await plane.load("plain", {"config": json.dumps(config)})
+            return before, await plane.model_config("plain")
+        finally:
+            await loaded.close()
+
+    before, after = asyncio.run(main())
+    assert before["parameters"] == {
+        "owner": {"string_value": "team-a"},
+        "note": {"string_value": "x y"},
+    }
+    # max_batch_size 0: the batch dimension is listed, and nothing batches.
+    assert (before["max_batch_size"], before["input"][0]["dims"]) == (0, [-1, 4])
+    assert "dynamic_batching" not in before
+    assert before["version_policy"] == {"latest": {"num_versions": 1}}
+    assert (after["max_batch_size"], after["input"][0]["dims"]) == (4, [4])
+    assert after["version_policy"] == {"all": {}}
+    assert after["instance_group"][0]["count"] == 2
+    assert after["parameters"] == before["parameters"]
 
 
 # ------------------------------------------------------- through a real server, by tritonclient
