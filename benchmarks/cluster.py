@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import shutil
 import socket
@@ -260,7 +261,12 @@ def main() -> int:
     parser.add_argument("--ray-serve", action="store_true", help="also Ray Serve's proxy")
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--plot", type=Path, help="draw them here (PNG)")
+    parser.add_argument("--replot", type=Path, help="only draw --plot from this JSON")
     args = parser.parse_args()
+    if args.replot:
+        plot(json.loads(args.replot.read_text()), args.plot or args.replot.with_suffix(".png"))
+        return 0
+    load_average = os.getloadavg()[0]  # a shared machine: say how busy it was
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="onnxforge-cluster-") as scratch:
         repository = prepare(Path(scratch))
@@ -279,6 +285,7 @@ def main() -> int:
         "command": " ".join(["python", *sys.argv]),
         "machine": machine_info(),
         "software": software_versions(),
+        "load_average_1m_at_start": round(load_average, 2),
         "cluster_start_seconds": round(cluster_start, 1),
         "duration_s": args.duration,
         "channels": CHANNELS,
@@ -334,6 +341,8 @@ def plot(report: dict[str, Any], path: Path) -> None:
     for axis, title in zip(axes, ("requests / s", "p50 ms", "p99 ms"), strict=True):
         axis.set_xticks(np.arange(len(names)), names)
         axis.set_title(title)
+        if title != "requests / s":
+            axis.set_yscale("log")  # 1 ms beside 300 ms
         axis.legend()
     figure.suptitle(
         f"{MODEL}, 1-row requests, one 2-core machine: plain server, serve --ray (ray-N) "
