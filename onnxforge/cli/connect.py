@@ -7,19 +7,22 @@ from typing import Any
 
 import click
 
-DEFAULT_PORT = 8001  # the server's gRPC port, Triton's too
+# onnxforge.client.connection.DEFAULT_PORT, not imported here: that imports grpc, which
+# every command (--help, --version) would then pay for.
+DEFAULT_PORT = 8001
 
 
 def with_port(url: str) -> str:
-    """``host`` -> ``host:8001``; ``[::1]`` -> ``[::1]:8001``; a given port is kept.
+    """The address the client connects to: ``host`` -> ``host:8001``, ``::1`` -> ``[::1]:8001``.
 
-    gRPC itself would take a host without a port to mean 443.
+    The client's own rule (``onnxforge.client.connection.address``): gRPC itself would take
+    a host without a port to mean 443.
     """
+    from onnxforge.client.connection import address
+
     if not url.strip():
         raise click.BadParameter("expected HOST[:PORT]", param_hint="--url")
-    if url.startswith("["):
-        return url if "]:" in url else f"{url}:{DEFAULT_PORT}"
-    return url if ":" in url else f"{url}:{DEFAULT_PORT}"
+    return address(url)
 
 
 def url_callback(_context: click.Context, _param: click.Parameter, url: str | None) -> str | None:

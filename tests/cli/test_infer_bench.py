@@ -20,9 +20,11 @@ import numpy as np
 import pytest
 
 from onnxforge.builder import load_spec, reference
+from onnxforge.cli import connect as cli_connect
 from onnxforge.cli.connect import connection
 from onnxforge.cli.infer_table import class_scores, fit_inputs
 from onnxforge.client import InferenceClient
+from onnxforge.client import connection as client_connection
 from onnxforge.protocol.generated import inference_pb2 as pb
 from tests.builder.errors import assert_one_line_error
 from tests.conftest import MODELS, CliResult
@@ -194,12 +196,14 @@ def test_which_outputs_are_class_scores() -> None:
         ("localhost", "localhost:8001"),
         ("10.0.0.2", "10.0.0.2:8001"),
         ("[::1]", "[::1]:8001"),
+        ("::1", "[::1]:8001"),
         ("localhost:9001", "localhost:9001"),
         ("[::1]:9001", "[::1]:9001"),
     ],
 )
 def test_a_host_without_a_port_means_8001(given: str, address: str) -> None:
     assert connection(given, None, None, None, None).url == address
+    assert cli_connect.DEFAULT_PORT == client_connection.DEFAULT_PORT == 8001
 
 
 def test_url_localhost_reaches_port_8001(run_cli: Callable[..., CliResult], tmp_path: Path) -> None:
