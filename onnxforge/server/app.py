@@ -210,7 +210,10 @@ async def create_server(settings: Settings) -> Running:
             await server.stop(None)
             await registry.close()
             address = f"{settings.host}:{settings.http_port}"
-            raise OSError(f"cannot bind HTTP to {address} ({error.strerror or error})") from None
+            raise OSError(
+                f"cannot bind HTTP/REST to {address} ({error.strerror or error}); "
+                "choose another --http-port, or --no-http"
+            ) from None
     metrics_port = None
     if settings.metrics_port is not None:
         metrics_port = metrics.start(settings.host, settings.metrics_port)

@@ -5,13 +5,17 @@ from __future__ import annotations
 import http.client
 import json
 import re
+import socket
 import ssl
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from onnxforge.builder import load_spec, reference
+from tests.conftest import REPO_ROOT
 from tests.server.certs import issue, make_ca
 from tests.server.http_helpers import call, json_tensor, outputs_of, write_model
 from tests.server.processes import ServeProcess
@@ -85,3 +89,18 @@ def test_every_worker_serves_http_on_the_one_port(tmp_path: Path) -> None:
         assert {call(url, "GET", "/v2/models/tiny/ready").status for _ in range(8)} == {400}
         assert call(url, "POST", "/v2/repository/models/tiny/load", b"{}").status == 200
         assert {call(url, "GET", "/v2/models/tiny/ready").status for _ in range(8)} == {200}
+
+
+def test_a_taken_http_port_stops_the_server_saying_which_flags_help(tmp_path: Path) -> None:
+    write_model(tmp_path, "tiny")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        command = [sys.executable, "-m", "onnxforge", "serve", str(tmp_path), "--port", "0"]
+        command += ["--no-metrics", "--threads", "1", "--http-port", str(port)]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
+    assert done.returncode != 0
+    assert f"cannot bind HTTP/REST to 127.0.0.1:{port}" in done.stderr
+    assert "choose another --http-port, or --no-http" in done.stderr
+    assert "Traceback" not in done.stderr
