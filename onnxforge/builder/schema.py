@@ -171,6 +171,7 @@ class DenseLayer(StrictModel):
     units: Dim
     activation: ActivationField = IDENTITY
     init: Literal[INIT_SCHEMES] = "glorot_uniform"  # type: ignore[valid-type]
+    use_bias: bool = True  # false: no bias parameter (PyTorch bias=False, Keras use_bias=False)
 
     @field_validator("init", mode="before")
     @classmethod
@@ -189,8 +190,6 @@ class DenseLayer(StrictModel):
                 },
             )
         return value
-
-    use_bias: bool = True  # false: no bias parameter (PyTorch bias=False, Keras use_bias=False)
 
 
 class ActivationLayer(StrictModel):
