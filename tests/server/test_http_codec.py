@@ -132,3 +132,27 @@ def test_an_input_named_twice_and_a_bad_id_are_refused() -> None:
         codec.decode_request(json.dumps({"inputs": [tensor, tensor]}).encode(), None)
     with pytest.raises(InvalidRequest, match="'id' must be a string"):
         codec.decode_request(json.dumps({"id": 3, "inputs": [tensor]}).encode(), None)
+
+
+@pytest.mark.parametrize(
+    ("document", "message"),
+    [
+        ({"parameters": {"timeout": -5}}, "parameter 'timeout' must be microseconds"),
+        ({"parameters": {"timeout": "soon"}}, "parameter 'timeout' must be microseconds"),
+        ({"parameters": {"a": {"b": 1}}}, "'a' must be a string, a number or a boolean"),
+        ({"parameters": {"binary_data_output": 1}}, "binary_data_output must be true or false"),
+        ({"outputs": {"name": "y"}}, "'outputs' must be a list, got an object"),
+        ({"outputs": [{"name": "y", "binary": True}]}, "output 'y' has an unknown key 'binary'"),
+    ],
+)
+def test_bad_parameters_and_outputs_are_refused(document: dict[str, object], message: str) -> None:
+    tensor = {"name": "t", "shape": [1], "datatype": "FP32", "data": [1]}
+    with pytest.raises(InvalidRequest) as error:
+        codec.decode_request(json.dumps({"inputs": [tensor], **document}).encode(), None)
+    assert message in error.value.message
+
+
+def test_timeout_is_read_in_microseconds() -> None:
+    tensor = {"name": "t", "shape": [1], "datatype": "FP32", "data": [1]}
+    body = json.dumps({"inputs": [tensor], "parameters": {"timeout": 2500}}).encode()
+    assert codec.decode_request(body, None).timeout_us == 2500
