@@ -1,6 +1,7 @@
 """Who may call what: TLS (optionally mutual) and bearer tokens, checked before any handler.
 
-Every call except health checks and ServerLive needs ``authorization: Bearer <token>`` when
+Every call except health checks (gRPC's Health and ServerLive; HTTP's ``/v2/health/live``
+and ``/v2/health/ready``, which probes call) needs ``authorization: Bearer <token>`` when
 tokens are configured; tokens are compared in constant time and never logged. Model control
 (load/unload) can need a separate admin token, or be switched off altogether.
 
