@@ -66,6 +66,7 @@ class Deployment:
     level: str = "info"  # the replicas' logging
     fmt: str = "text"
     port: int = 0  # the public port, once started
+    http_port: int | None = None  # HTTP/REST's, when served
     members: list[_Replica] = field(default_factory=list)
 
     def start(self) -> int:
@@ -87,10 +88,16 @@ class Deployment:
                 scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=True),
             ).remote(self.settings, self.level, self.fmt)
             self.members.append(_Replica(index, handle, node_id))
-        first = self._call(self.members[0].handle.start.remote(self.settings.port), "start")
-        self.port = first.port
+        # The first replica takes the ports asked for (0: free ones); the others share them.
+        first = self._call(
+            self.members[0].handle.start.remote(self.settings.port, self.settings.http_port),
+            "start",
+        )
+        self.port, self.http_port = first.port, first.http_port
         self.members[0].info = first
-        started = [member.handle.start.remote(self.port) for member in self.members[1:]]
+        started = [
+            member.handle.start.remote(self.port, self.http_port) for member in self.members[1:]
+        ]
         for member, ref in zip(self.members[1:], started, strict=True):
             member.info = self._call(ref, "start")
         for member in self.members:
@@ -155,7 +162,7 @@ class Deployment:
         if info.control is None and member.starting is None:
             # A fresh process: Ray restarted the actor, which runs __init__ only.
             member.restarts += 1
-            member.starting = member.handle.start.remote(self.port)
+            member.starting = member.handle.start.remote(self.port, self.http_port)
         elif info.control is not None and member.info is None and member.starting is None:
             member.info = info  # it was only slow to answer: the same process, serving
             return True

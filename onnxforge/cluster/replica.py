@@ -31,7 +31,8 @@ class ReplicaInfo:
 
     pid: int  # changes when Ray restarts the replica
     node_id: str  # the Ray node it runs on ("" outside Ray)
-    port: int | None  # the public port it serves, once started
+    port: int | None  # the public gRPC port it serves, once started
+    http_port: int | None  # its HTTP/REST port (shared as the gRPC one), when it serves one
     control: str | None  # host:port of its control listener, once started
 
 
@@ -55,11 +56,15 @@ class ReplicaServer:
             pid=os.getpid(),
             node_id=_node_id(),
             port=running.port if running else None,
+            http_port=running.http_port if running else None,
             control=control,
         )
 
-    async def start(self, port: int) -> ReplicaInfo:
-        """Load the repository and serve on ``port`` (0: a free one); idempotent."""
+    async def start(self, port: int, http_port: int | None) -> ReplicaInfo:
+        """Load the repository and serve on ``port`` (0: a free one); idempotent.
+
+        ``http_port``: HTTP/REST's, shared likewise (ignored when the settings have none).
+        """
         from onnxforge.server.app import create_server
 
         async with self._starting:
@@ -67,6 +72,7 @@ class ReplicaServer:
                 self.settings = dataclasses.replace(
                     self.settings,
                     port=port,
+                    http_port=None if self.settings.http_port is None else http_port,
                     reuse_port=True,
                     control_port=True,
                     control_host=_node_address(),

@@ -57,14 +57,17 @@ def serve_on_ray(
         except DeploymentError as error:
             log.error("%s", error)
             return 1
+        http = deployment.http_port
+        scheme = "https" if settings.security.tls else "http"
         log.info(
-            "ray: serving %d model(s) from %s with %d replica(s) on %d node(s) at %s:%d",
+            "ray: serving %d model(s) from %s with %d replica(s) on %d node(s) at %s:%d%s",
             deployment.models(),
             settings.repository,
             replicas,
             deployment.nodes(),
             settings.host,
             port,
+            f", HTTP on {scheme}://{settings.host}:{http}" if http is not None else "",
         )
         while not stop.wait(TICK_SECONDS):
             try:

@@ -22,6 +22,7 @@ import re
 import signal
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -147,6 +148,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
             "2",
             threads=1,
             metrics=False,
+            http=True,  # a free port, shared by the replicas as the gRPC one is
             pattern=SERVING,
             cwd=REPO_ROOT,
             start_seconds=120,
@@ -274,6 +276,31 @@ def test_statistics_add_up_over_the_replicas(scenario: dict[str, Any]) -> None:
 
     assert counts(scenario["ray"]) == counts(scenario["plain"])
     assert int(counts(scenario["ray"])[0]) > 0
+
+
+def test_http_rest_through_the_replicas(served: Served) -> None:
+    """KServe v2 HTTP/REST on the port the replicas share, fresh connections each time."""
+    assert served.ray.http_port is not None
+    base = f"http://127.0.0.1:{served.ray.http_port}/v2"
+    rows = served.x[:3]
+    body = {
+        "inputs": [
+            {"name": "x", "shape": [3, 4], "datatype": "FP32", "data": rows.ravel().tolist()}
+        ]
+    }
+    for _ in range(4):
+        with urllib.request.urlopen(f"{base}/health/ready", timeout=WAIT) as answer:
+            assert answer.status == 200
+        request = urllib.request.Request(
+            f"{base}/models/tiny/infer",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=WAIT) as answer:
+            (output,) = json.loads(answer.read())["outputs"]
+        assert (output["name"], output["shape"]) == ("y", [3, 2])
+        got = np.asarray(output["data"], dtype=np.float32).reshape(3, 2)
+        np.testing.assert_allclose(got, expected(served.repository, rows), rtol=1e-5, atol=1e-6)
 
 
 # ------------------------------------------------------------------ repository control
