@@ -303,3 +303,25 @@ def test_the_metrics_port_answers_only_metrics(server: ServeProcess) -> None:
     assert call(metrics, "GET", "/metrics").status == 200
     for path in ("/v2/health/ready", "/", "/metricsx"):
         assert call(metrics, "GET", path).status == 404, path
+
+
+def test_grpc_and_http_serve_one_data_plane(
+    client: triton.InferenceServerClient, server: ServeProcess, spec: Spec
+) -> None:
+    import tritonclient.grpc as grpc_triton
+
+    x = rows(3, seed=9)
+    before = client.get_inference_statistics("tiny", "1")["model_stats"][0]
+    with grpc_triton.InferenceServerClient(server.url) as grpc_client:
+        tensor = grpc_triton.InferInput("x", list(x.shape), "FP32")
+        tensor.set_data_from_numpy(x)
+        answer = grpc_client.infer("tiny", [tensor])
+        np.testing.assert_allclose(answer.as_numpy("y"), reference.forward(spec, x), atol=ATOL)
+        client.unload_model("spare")  # over HTTP; seen over gRPC
+        try:
+            assert not grpc_client.is_model_ready("spare")
+        finally:
+            client.load_model("spare")
+        assert grpc_client.is_model_ready("spare")
+    after = client.get_inference_statistics("tiny", "1")["model_stats"][0]
+    assert after["inference_count"] == before["inference_count"] + 3
