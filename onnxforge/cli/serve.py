@@ -165,6 +165,14 @@ def limit_options(command: Any) -> Any:
     help="A lone request to a batching model measured to run in at most this many "
     "microseconds runs on the event loop's thread, not the model's (0: never).",
 )
+@click.option(
+    "--grpc-threads",
+    type=click.IntRange(min=0),
+    default=64,
+    show_default=True,
+    help="Threads of the gRPC port: each call being served and each open stream holds one; "
+    "0 serves gRPC on the event loop (grpc.aio) instead.",
+)
 @click.option("--watch", is_flag=True, help="Reload models whose files or spec change.")
 @click.option(
     "--watch-interval",
@@ -200,6 +208,7 @@ def serve(
     workers: int,
     no_batching: bool,
     inline_us: int,
+    grpc_threads: int,
     watch: bool,
     watch_interval: float,
     log_level: str,
@@ -263,6 +272,7 @@ def serve(
         max_model_bytes=max_model_bytes,
         batching=not no_batching,
         inline_us=inline_us,
+        grpc_threads=grpc_threads,
     )
     try:
         if on_ray is not None:

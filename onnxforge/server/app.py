@@ -30,6 +30,8 @@ from onnxforge.server.rest import HttpServer, start_http
 from onnxforge.server.security import Security
 from onnxforge.server.service import SERVICE_NAME, InferenceService, register
 from onnxforge.server.stats import Statistics
+from onnxforge.server.threaded import AuthInterceptor as ThreadedAuth
+from onnxforge.server.threaded import ModelInfer, ThreadedServer
 from onnxforge.server.watch import Watcher, snapshot
 
 log = logging.getLogger("onnxforge.server")
@@ -63,6 +65,9 @@ class Settings:
     # Where the metrics are served when not by this process (a --workers worker: the
     # parent), for the start-up line; None: here, or off.
     metrics_elsewhere: str | None = None
+    # Threads of the public gRPC port (server.threaded): each call being served or open
+    # stream holds one. 0: grpc.aio, every call on the event loop (slower; for comparisons).
+    grpc_threads: int = 64
     control_port: bool = False  # also listen on a private port for peer workers
     # Where that private port listens: loopback for --workers; the node's address for the
     # replicas of a Ray cluster (onnxforge.cluster), which are peers across machines.
@@ -73,7 +78,7 @@ class Settings:
 class Running:
     """A started server: what ``create_server`` returns and ``stop`` shuts down."""
 
-    server: grpc.aio.Server
+    server: grpc.aio.Server | ThreadedServer  # the public gRPC port
     port: int  # the public port bound (the one asked for, or a free one for port 0)
     plane: DataPlane  # this process's data plane
     registry: Registry
@@ -83,6 +88,7 @@ class Running:
     watcher: asyncio.Task[None] | None = None
     control_port: int | None = None  # private 127.0.0.1 port for the other workers
     peers: Peers | None = None  # the other workers (--workers): ``peers.connect`` names them
+    control: grpc.aio.Server | None = None  # the private port, when not ``server``'s
     http: HttpServer | None = None  # HTTP/REST, when on
 
     @property
@@ -108,6 +114,8 @@ class Running:
         await self.health.enter_graceful_shutdown()
         await drain.settle(deadline)
         stopping = [self.server.stop(max(0.0, deadline - time.monotonic()))]
+        if self.control is not None:
+            stopping.append(self.control.stop(max(0.0, deadline - time.monotonic())))
         if self.http is not None:
             stopping.append(self.http.stop())
         await asyncio.gather(*stopping)
@@ -165,11 +173,28 @@ async def create_server(settings: Settings) -> Running:
         ("grpc.so_reuseport", 1 if settings.reuse_port else 0),
         ("grpc.max_concurrent_streams", settings.max_streams),
     ]
-    server = grpc.aio.server(options=options, interceptors=interceptors)
-    register(service, server)
-    health.add_to(server)
-    # Reflection lets grpcurl and other tools work without the .proto file.
-    ReflectionServicer([SERVICE_NAME, HEALTH_SERVICE, REFLECTION_SERVICE]).add_to(server)
+    server: grpc.aio.Server | ThreadedServer
+    if settings.grpc_threads > 0:
+        server = ThreadedServer(
+            asyncio.get_running_loop(),
+            options=options,
+            interceptors=[ThreadedAuth(security)] if security.checks else [],
+            max_workers=settings.grpc_threads,
+            infer=ModelInfer(plane),
+        )
+    else:
+        server = grpc.aio.server(options=options, interceptors=interceptors)
+    # Other workers' calls come to the private port: on grpc.aio, with the peer mark.
+    control = None
+    if settings.control_port and isinstance(server, ThreadedServer):
+        control = grpc.aio.server(options=options, interceptors=interceptors)
+    for each in (server, control):
+        if each is None:
+            continue
+        register(service, each)
+        health.add_to(each)
+        # Reflection lets grpcurl and other tools work without the .proto file.
+        ReflectionServicer([SERVICE_NAME, HEALTH_SERVICE, REFLECTION_SERVICE]).add_to(each)
     address = f"{settings.host}:{settings.port}"
     try:
         if security.tls:
@@ -187,13 +212,16 @@ async def create_server(settings: Settings) -> Running:
             "traffic (and any tokens); use --tls-cert/--tls-key",
             settings.host,
         )
+    private = control or server
     control_port = (
-        server.add_insecure_port(f"{settings.control_host}:0") if settings.control_port else None
+        private.add_insecure_port(f"{settings.control_host}:0") if settings.control_port else None
     )
     watcher = None
     if sources is not None and settings.watch_seconds is not None:
         watcher = Watcher(registry, plane.changed, settings.watch_seconds, sources)
     await server.start()
+    if control is not None:
+        await control.start()
     http = None
     if settings.http_port is not None:
         try:
@@ -208,6 +236,8 @@ async def create_server(settings: Settings) -> Running:
             )
         except OSError as error:
             await server.stop(None)
+            if control is not None:
+                await control.stop(None)
             await registry.close()
             address = f"{settings.host}:{settings.http_port}"
             raise OSError(
@@ -239,6 +269,7 @@ async def create_server(settings: Settings) -> Running:
         health,
         control_port=control_port,
         peers=peers,
+        control=control,
         http=http,
     )
     if watcher is not None:

@@ -96,7 +96,7 @@ class _Request:
         self.cancelled = False  # the caller left: not to be run
         self.lead = False  # handed an instance: its caller runs the next batch
         self.loop = loop  # an event-loop caller's loop; None: a caller on its own thread
-        self.event = threading.Event() if loop is None else None
+        self.event: threading.Event | None = None  # made when a blocking caller must wait
         self.future: asyncio.Future[None] | None = None if loop is None else loop.create_future()
 
     def finish(self, results: Results | None = None, error: BaseException | None = None) -> None:
@@ -189,11 +189,11 @@ class Batcher:
         the caller goes away; the call then raises :class:`RequestCancelled`.
         """
         request = _Request(inputs, outputs, _rows(inputs), deadline)
-        event = request.event
-        assert event is not None
         if self._admit(request):
             self._lead(request)
             return request.outcome()
+        event = request.event
+        assert event is not None
         if on_cancel is not None:
             on_cancel(lambda: self._cancel(request))
         while True:
@@ -255,6 +255,8 @@ class Batcher:
                 return True
             if len(self._queue) >= self.max_queue:
                 raise QueueFull(self.name, self.max_queue)
+            if request.loop is None:
+                request.event = threading.Event()
             self._queue.append(request)
             for filling in self._fillings:  # a batch being gathered: full yet?
                 filling.rows += request.rows

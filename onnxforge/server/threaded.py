@@ -314,7 +314,7 @@ def _refusal(
         (False, True): (grpc.unary_stream_rpc_method_handler, abort_stream),
         (True, False): (grpc.stream_unary_rpc_method_handler, abort),
     }[streaming]
-    return make(  # type: ignore[no-any-return]
+    return make(
         body,
         request_deserializer=handler.request_deserializer,
         response_serializer=handler.response_serializer,
