@@ -108,8 +108,10 @@ class Routes:
         size = request.content_length
         if size is not None and size > self.max_body:
             return error_response(413, str(BodyTooLarge(self.max_body, size)))
+        if request.version != HttpVersion11:
+            return None  # HTTP/1.0 has no 100 Continue: the client sends its body anyway
         expect = request.headers.get("Expect", "")
-        if request.version != HttpVersion11 or expect.lower() != "100-continue":
+        if expect.lower() != "100-continue":
             return error_response(417, f"unknown Expect: {expect[:40]} (only 100-continue)")
         await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         request.writer.output_size = 0  # the answer's own size starts after this line
