@@ -180,6 +180,17 @@ def test_tritonclient_inference_equals_the_reference(
     assert_reference(spec, x, got)
 
 
+@pytest.mark.parametrize("algorithm", ["gzip", "deflate"])
+def test_a_compressed_request_is_read_as_sent(
+    client: triton.InferenceServerClient, spec: Spec, algorithm: str
+) -> None:
+    x = rows(3, seed=8)
+    tensor = triton.InferInput("x", list(x.shape), "FP32")
+    tensor.set_data_from_numpy(x, binary_data=True)
+    result = client.infer("tiny", [tensor], request_compression_algorithm=algorithm)
+    assert_reference(spec, x, {name: result.as_numpy(name) for name in ("y", "hidden")})
+
+
 def test_binary_data_output_answers_every_output_in_binary(
     server: ServeProcess, spec: Spec
 ) -> None:
