@@ -264,6 +264,8 @@ def _timeout(value: object) -> int | None:
 
 # JSON values per datatype kind: what each takes, for the messages.
 _TAKES: Final = {"b": "true or false", "i": "integers", "u": "integers >= 0", "f": "numbers"}
+# The Python types json.loads gives for them (bool is no number here, though Python says so).
+_TYPES: Final[dict[str, set[type]]] = {"b": {bool}, "i": {int}, "u": {int}, "f": {int, float}}
 
 
 def _from_json(name: str, row: Datatype, shape: Sequence[int], data: object) -> np.ndarray:
@@ -277,12 +279,12 @@ def _from_json(name: str, row: Datatype, shape: Sequence[int], data: object) -> 
     if row.name == "BYTES":
         return _bytes_array(name, values).reshape(shape)
     kind = row.dtype.kind
-    for index, value in enumerate(values):
-        if not _fits(kind, value):
-            raise InvalidInput(
-                name,
-                f"{row.name} takes {_TAKES[kind]}; 'data' value {index} is {json.dumps(value)}",
-            )
+    # The Python types present, found in C; only a misfit is looked for value by value.
+    if not set(map(type, values)) <= _TYPES[kind]:
+        index, value = next((i, v) for i, v in enumerate(values) if not _fits(kind, v))
+        raise InvalidInput(
+            name, f"{row.name} takes {_TAKES[kind]}; 'data' value {index} is {json.dumps(value)}"
+        )
     if kind in "iu":
         info = np.iinfo(row.dtype)
         low, high = min(values, default=0), max(values, default=0)
