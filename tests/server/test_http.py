@@ -161,6 +161,14 @@ def test_json_inference_equals_the_reference(
     assert_reference(spec, x, outputs_of(answer))
 
 
+def test_a_large_json_request_equals_the_reference(server: ServeProcess, spec: Spec) -> None:
+    x = rows(6000, seed=6)  # a body of ~500 kB and 30000 values back: read and written aside
+    body = json.dumps({"inputs": [json_tensor("x", x)]}).encode()
+    assert len(body) > 256 * 1024
+    answer = call(server.http_url, "POST", "/v2/models/tiny/infer", body)
+    assert_reference(spec, x, outputs_of(answer))
+
+
 @pytest.mark.parametrize("binary_in", [False, True], ids=["json-in", "binary-in"])
 @pytest.mark.parametrize("binary_out", [False, True], ids=["json-out", "binary-out"])
 def test_tritonclient_inference_equals_the_reference(

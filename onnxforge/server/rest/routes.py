@@ -23,6 +23,7 @@ POST     /v2/repository/models/{m}/load, .../unload      model control
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -42,6 +43,10 @@ __all__ = ["EXTENSIONS", "Routes"]
 
 #: Protocol extensions only this transport has (added to the data plane's in /v2).
 EXTENSIONS: Final = ("binary_tensor_data",)
+#: JSON bodies larger than this are read on a thread, not the event loop; answers with
+#: more JSON values than LARGE_JSON_VALUES are written on one.
+LARGE_BODY: Final = 256 * 1024
+LARGE_JSON_VALUES: Final = 16384
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -178,14 +183,26 @@ class Routes:
     async def infer(self, request: web.Request) -> web.Response:
         name, version = _names(request)
         body = await self._body(request)
+        header_length = request.headers.get(codec.HEADER_LENGTH)
+        # Large JSON takes tens of ms to read or write: off the event loop, which serves
+        # every other call (gRPC's too) and the batcher meanwhile.
+        large = len(body) > LARGE_BODY and header_length is None
         async with self.plane.inference(name, version) as call:
             # Decoding counts as part of the call (statistics, metrics), as on gRPC.
-            decoded = codec.decode_request(body, request.headers.get(codec.HEADER_LENGTH))
+            if large:
+                decoded = await asyncio.to_thread(codec.decode_request, body, header_length)
+            else:
+                decoded = codec.decode_request(body, header_length)
             deadline = None
             if decoded.timeout_us is not None:
                 deadline = time.monotonic() + decoded.timeout_us / 1e6
             outputs = await call.run(decoded.request, deadline)
-            encoded = codec.encode_response(call.model, call.version, outputs, decoded)
+            encode = (call.model, call.version, outputs, decoded)
+            in_json = sum(out.size for key, out in outputs.items() if not decoded.wants_binary(key))
+            if in_json > LARGE_JSON_VALUES:
+                encoded = await asyncio.to_thread(codec.encode_response, *encode)
+            else:
+                encoded = codec.encode_response(*encode)
         if encoded.header_length is None:
             return web.Response(body=encoded.body, content_type="application/json")
         return web.Response(
