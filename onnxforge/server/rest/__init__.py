@@ -6,9 +6,9 @@ wire differs. ``server`` starts and stops it, ``routes`` holds the endpoints, ``
 reads and writes inference bodies (JSON tensors and binary data), ``errors`` turns every
 failure into its status and ``{"error": "..."}``.
 
-Why aiohttp: it runs on the asyncio loop the gRPC server (``grpc.aio``) already runs on,
-so one process serves both transports into the same batcher with no second loop or
-thread; it is a server in itself (no ASGI server to add, unlike Starlette or FastAPI),
+Why aiohttp: it runs on the server's own asyncio loop, where the data plane and the
+batcher run, so one process serves both transports into the same batcher with no second
+loop or thread; it is a server in itself (no ASGI server to add, unlike Starlette or FastAPI),
 supports TLS, SO_REUSEPORT sockets, a body size limit and a graceful shutdown; and it is
 kept up by aio-libs with frequent releases (3.x since 2018). Starlette + uvicorn would
 add two packages and run uvicorn's own loop management; tornado and sanic bring more

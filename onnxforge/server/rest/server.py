@@ -1,4 +1,4 @@
-"""The HTTP/REST transport's server: aiohttp on the event loop the gRPC server runs on.
+"""The HTTP/REST transport's server: aiohttp on the server's event loop (the data plane's).
 
 ``start_http`` binds the port (``0`` picks a free one; ``reuse_port`` shares it among the
 ``--workers`` as gRPC does, SO_REUSEPORT), serves TLS with the gRPC server's certificate
