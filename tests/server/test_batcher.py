@@ -5,14 +5,14 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import pytest
 
-from onnxforge.server.batcher import INLINE_AFTER, Batcher, BatchStats
+from onnxforge.server.batcher import INLINE_AFTER, Batcher, BatchStats, RequestCancelled
 from onnxforge.server.errors import Code, DeadlineExceeded, QueueFull
-from tests.helpers import wait_until_async
+from tests.helpers import wait_until, wait_until_async
 
 WEIGHT = np.random.default_rng(0).normal(size=(3, 4))
 
@@ -232,3 +232,127 @@ def test_a_quick_model_runs_lone_requests_on_the_loop_until_a_run_is_slow() -> N
         await batcher.close()
 
     asyncio.run(scenario())
+
+
+# ------------------------------------------------------------ callers on threads of their own
+
+
+def test_threads_lead_and_follow_each_gets_its_own_rows() -> None:
+    """64 threads calling run_blocking at once: merged runs, every caller its own rows."""
+    stats: list[BatchStats] = []
+
+    def slow_model(inputs: Mapping[str, np.ndarray], outputs: Sequence[str]) -> dict:
+        time.sleep(0.002)  # long enough for callers to queue behind a run
+        return model(inputs, outputs)
+
+    batcher = Batcher(
+        "m", slow_model, max_batch_size=16, max_queue_delay_us=2000, on_batch=stats.append
+    )
+    rng = np.random.default_rng(5)
+    cases = [(rng.normal(size=(int(rng.integers(1, 5)), 3)) + i, i) for i in range(64)]
+    failures: list[BaseException] = []
+    start = threading.Barrier(len(cases))
+
+    def caller(x: np.ndarray, i: int) -> None:
+        wanted = [["product"], ["total"], ["product", "total"]][i % 3]
+        try:
+            start.wait(10)
+            got = batcher.run_blocking({"x": x}, wanted)
+            assert set(got) == set(wanted)
+            expected = model({"x": x}, wanted)
+            for name in wanted:
+                np.testing.assert_allclose(got[name], expected[name], rtol=1e-12, atol=1e-12)
+        except BaseException as error:  # reported below, with the others
+            failures.append(error)
+
+    threads = [threading.Thread(target=caller, args=case) for case in cases]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert not failures, failures[:3]
+    assert sum(s.requests for s in stats) == len(cases)
+    assert sum(s.rows for s in stats) == sum(len(x) for x, _ in cases)
+    assert max(s.rows for s in stats) <= 16
+    assert any(s.requests > 1 for s in stats), "nothing was ever merged"
+    asyncio.run(batcher.close())
+
+
+def test_thread_and_event_loop_callers_share_one_batch() -> None:
+    """A blocking caller and loop callers queued behind a running batch run as one batch."""
+    gate = Gate()
+    batcher = Batcher("m", gate, max_batch_size=64, max_queue_delay_us=0)
+    gate.open.clear()
+    answers: dict[str, np.ndarray] = {}
+    first = threading.Thread(
+        target=lambda: answers.update(
+            first=batcher.run_blocking({"x": np.ones((1, 3))}, ["total"])["total"]
+        )
+    )
+    first.start()
+    assert gate.started.wait(10)
+    queued = threading.Thread(
+        target=lambda: answers.update(
+            thread=batcher.run_blocking({"x": np.full((2, 3), 2.0)}, ["total"])["total"]
+        )
+    )
+    queued.start()
+    wait_until(lambda: batcher.queued == 1, "the blocking caller queued")
+
+    async def on_the_loop() -> np.ndarray:
+        task = asyncio.create_task(batcher.submit({"x": np.full((3, 3), 3.0)}, ["total"]))
+        await wait_until_async(lambda: batcher.queued == 2, "both queued")
+        gate.open.set()
+        return (await task)["total"]
+
+    answers["loop"] = asyncio.run(on_the_loop())
+    first.join(10)
+    queued.join(10)
+    assert answers["first"][:, 0].tolist() == [3.0]
+    assert answers["thread"][:, 0].tolist() == [6.0, 6.0]
+    assert answers["loop"][:, 0].tolist() == [9.0, 9.0, 9.0]
+    assert gate.batches == [1, 5]  # the two queued callers ran as one batch
+    asyncio.run(batcher.close())
+
+
+def test_a_blocking_caller_past_its_deadline_or_gone_leaves_the_queue_unrun() -> None:
+    gate = Gate()
+    batcher = Batcher("m", gate, max_batch_size=64, max_queue_delay_us=0)
+    gate.open.clear()
+    running = threading.Thread(
+        target=batcher.run_blocking, args=({"x": np.ones((1, 3))}, ["total"])
+    )
+    running.start()
+    assert gate.started.wait(10)
+    outcomes: dict[str, BaseException] = {}
+    cancel: list[Callable[[], None]] = []
+
+    def expired() -> None:
+        try:
+            deadline = time.monotonic() + 0.05
+            batcher.run_blocking({"x": np.ones((7, 3))}, ["total"], deadline=deadline)
+        except BaseException as error:
+            outcomes["expired"] = error
+
+    def gone() -> None:
+        try:
+            batcher.run_blocking({"x": np.ones((5, 3))}, ["total"], on_cancel=cancel.append)
+        except BaseException as error:
+            outcomes["gone"] = error
+
+    waiting = [threading.Thread(target=expired), threading.Thread(target=gone)]
+    for thread in waiting:
+        thread.start()
+    deadline = time.monotonic() + 10
+    while not (cancel and "expired" in outcomes) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    cancel[0]()  # the client of the second went away
+    for thread in waiting:
+        thread.join(10)
+    gate.open.set()
+    running.join(10)
+    assert isinstance(outcomes["expired"], DeadlineExceeded)
+    assert isinstance(outcomes["gone"], RequestCancelled)
+    assert batcher.queued == 0
+    assert gate.batches == [1]  # neither the 7 expired nor the 5 cancelled rows ran
+    asyncio.run(batcher.close())
