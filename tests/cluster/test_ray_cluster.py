@@ -130,7 +130,15 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         cluster = Cluster(
             initialize_head=True,
             connect=False,
-            head_node_args={"num_cpus": 2, "include_dashboard": False},
+            head_node_args={
+                "num_cpus": 2,
+                "include_dashboard": False,
+                # A node killed outright is declared dead after ~1 s, not Ray's ~15 s.
+                "_system_config": {
+                    "health_check_period_ms": 500,
+                    "health_check_failure_threshold": 2,
+                },
+            },
         )
         cluster.add_node(num_cpus=2)
         cluster.wait_for_nodes(timeout=WAIT)
@@ -339,30 +347,15 @@ def test_replica_killed_under_load(served: Served, tmp_path: Path) -> None:
     The load's clients send a request again after UNAVAILABLE (as a client should), so every
     request ends answered; the test also sees Ray restart the replica and it serve again.
     """
-    np.save(tmp_path / "x.npy", served.x)
-    load = subprocess.Popen(
-        [sys.executable, str(SCRIPT), "load", served.url, str(tmp_path)],
-        cwd=REPO_ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    progress = tmp_path / "progress"
-
-    def answered() -> int:
-        with contextlib.suppress(OSError, ValueError):
-            return int(progress.read_text() or 0)
-        return 0
-
+    load = Load(served.url, tmp_path, served.x)
     try:
-        wait_until(lambda: answered() >= 20, "the load under way", WAIT)
+        load.more(20, "the load under way")
         replicas = served.replicas()
         before = {k: served_rows(r.control) for k, r in replicas.items()}
-        mark = answered()
-        wait_until(lambda: answered() >= mark + 60, "more of the load answered", WAIT)
+        load.more(60, "more of the load answered")
         busy = {k: served_rows(r.control) - before[k] for k, r in replicas.items()}
+        assert min(busy.values()) > 0, busy  # the clients' connections reach both replicas
         victim = max(busy, key=lambda k: busy[k])
-        assert busy[victim] > 0, busy  # the replica killed was serving this load
         old = replicas[victim]
         os.kill(old.pid, signal.SIGKILL)
         back = wait_until(
@@ -370,12 +363,9 @@ def test_replica_killed_under_load(served: Served, tmp_path: Path) -> None:
             f"replica {victim} restarted by Ray",
             WAIT,
         )
-        mark = answered()
-        wait_until(lambda: answered() >= mark + 60, "the load answered after the restart", WAIT)
+        load.more(60, "the load answered after the restart")
     finally:
-        (tmp_path / "stop").touch()
-        out, err = load.communicate(timeout=WAIT)
-    assert load.returncode == 0, err
+        requests = load.stop()
     # The restarted replica, on its own new port: serving, with the models of the others.
     assert back.node == old.node  # soft affinity: its node is alive, so there again
     with InferenceClient(back.control) as client:
@@ -383,20 +373,99 @@ def test_replica_killed_under_load(served: Served, tmp_path: Path) -> None:
     np.testing.assert_allclose(
         next(iter(got.values())), expected(served.repository, served.x), rtol=1e-5, atol=1e-6
     )
-    requests = json.loads(out)["requests"]
-    outputs = np.load(tmp_path / "outputs.npz")
-    tally = {"answered": 0, "refused_then_answered": 0, "refused": 0, "lost": 0, "wrong": 0}
-    for request in requests:
-        attempts = request["attempts"]
-        tally["refused"] += sum(a == "StatusCode.UNAVAILABLE" for a in attempts)
-        if attempts[-1] != "answered" or any(a != "StatusCode.UNAVAILABLE" for a in attempts[:-1]):
-            tally["lost"] += 1
-            continue
-        rows = served.x[request["first"] : request["first"] + request["rows"]]
-        want = expected(served.repository, rows)
-        if not np.allclose(outputs[request["key"]], want, rtol=1e-5, atol=1e-6):
-            tally["wrong"] += 1
-        tally["answered" if len(attempts) == 1 else "refused_then_answered"] += 1
+    tally = load.classify(requests, served.repository, served.x)
     print(f"replica {victim} killed under load: {len(requests)} requests, {tally}")
-    assert tally["lost"] == 0 and tally["wrong"] == 0, tally
+    assert tally["lost"] == 0 and tally["wrong"] == 0, (tally, served.ray.output[-6000:])
+    assert tally["answered"] + tally["refused_then_answered"] == len(requests)
+
+
+class Load:
+    """``triton_cluster.py load`` in a process of its own: clients that retry UNAVAILABLE."""
+
+    def __init__(self, url: str, folder: Path, x: np.ndarray) -> None:
+        self.folder = folder
+        np.save(folder / "x.npy", x)
+        self.process = subprocess.Popen(
+            [sys.executable, str(SCRIPT), "load", url, str(folder)],
+            cwd=REPO_ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    def answered(self) -> int:
+        with contextlib.suppress(OSError, ValueError):
+            return int((self.folder / "progress").read_text() or 0)
+        return 0
+
+    def more(self, count: int, what: str) -> None:
+        """Wait until ``count`` more requests than now are answered."""
+        mark = self.answered()
+        wait_until(lambda: self.answered() >= mark + count, what, WAIT)
+
+    def stop(self) -> list[dict[str, Any]]:
+        (self.folder / "stop").touch()
+        out, err = self.process.communicate(timeout=WAIT)
+        assert self.process.returncode == 0, err
+        return list(json.loads(out)["requests"])
+
+    def classify(
+        self, requests: list[dict[str, Any]], repository: Path, x: np.ndarray
+    ) -> dict[str, int]:
+        """Every request: answered right at once, answered right after UNAVAILABLE, or not."""
+        outputs = np.load(self.folder / "outputs.npz")
+        tally = {"answered": 0, "refused_then_answered": 0, "refused": 0, "lost": 0, "wrong": 0}
+        for request in requests:
+            attempts = request["attempts"]
+            tally["refused"] += sum(a == "StatusCode.UNAVAILABLE" for a in attempts)
+            if attempts[-1] != "answered" or any(
+                a != "StatusCode.UNAVAILABLE" for a in attempts[:-1]
+            ):
+                tally["lost"] += 1
+                continue
+            rows = x[request["first"] : request["first"] + request["rows"]]
+            if not np.allclose(
+                outputs[request["key"]], expected(repository, rows), rtol=1e-5, atol=1e-6
+            ):
+                tally["wrong"] += 1
+            tally["answered" if len(attempts) == 1 else "refused_then_answered"] += 1
+        return tally
+
+
+def test_worker_node_killed_under_load(served: Served, tmp_path: Path) -> None:
+    """The worker node's raylet and processes killed outright (last: the cluster keeps one node).
+
+    Its replica is restarted on the head node (the placement is soft), beside the other,
+    sharing its port; meanwhile every request is answered right, or refused UNAVAILABLE and
+    then answered right.
+    """
+    (worker,) = served.cluster.worker_nodes
+    on_worker = [r for r in served.replicas().values() if worker.node_id.startswith(r.node)]
+    assert len(on_worker) == 1, (worker.node_id, served.replicas())
+    lost = on_worker[0]
+    load = Load(served.url, tmp_path, served.x)
+    try:
+        load.more(20, "the load under way")
+        before = served_rows(lost.control)
+        load.more(60, "more of the load answered")
+        assert served_rows(lost.control) > before  # the node's replica was serving this load
+        served.cluster.remove_node(worker, allow_graceful=False)
+        back = wait_until(
+            lambda: (r := served.replicas().get(lost.index)) and r.pid != lost.pid and r,
+            f"replica {lost.index} restarted on another node",
+            WAIT,
+        )
+        load.more(60, "the load answered after the restart")
+    finally:
+        requests = load.stop()
+    head = served.cluster.head_node.node_id
+    assert back.node != lost.node and head.startswith(back.node)
+    with InferenceClient(back.control) as client:
+        got = client.infer("tiny", {"x": served.x})
+    np.testing.assert_allclose(
+        next(iter(got.values())), expected(served.repository, served.x), rtol=1e-5, atol=1e-6
+    )
+    tally = load.classify(requests, served.repository, served.x)
+    print(f"worker node killed under load: {len(requests)} requests, {tally}")
+    assert tally["lost"] == 0 and tally["wrong"] == 0, (tally, served.ray.output[-6000:])
     assert tally["answered"] + tally["refused_then_answered"] == len(requests)

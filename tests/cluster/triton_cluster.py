@@ -14,8 +14,8 @@ array it received; the test process does every check against ``builder.reference
 - ``control``: unload the variant, ask each replica (``FOLDER/replicas.json``: their own
   addresses) and load it back.
 - ``load``: ``THREADS`` clients, each on a connection of its own, send rows of ``x`` until
-  ``FOLDER/stop`` exists; a request refused UNAVAILABLE is sent again (up to ``RETRIES``
-  times). Every attempt is recorded: answered (its output saved) or its status.
+  ``FOLDER/stop`` exists; a request refused UNAVAILABLE is sent again after a back-off (up to
+  ``RETRIES`` times). Every attempt is recorded: answered (its output saved) or its status.
   ``FOLDER/progress`` holds the number answered so far.
 """
 
@@ -25,6 +25,7 @@ import json
 import queue
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -43,7 +44,14 @@ MODEL = "tiny"
 VARIANT = "tiny-fp16"
 WAIT = 60.0  # seconds; a bound for a hung call, not a timing expectation
 THREADS = 8
-RETRIES = 50
+RETRIES = 30  # with the back-off: about 25 s of retrying
+BACKOFF = 0.02  # seconds before the first retry; doubled each time up to 1 s
+
+
+def connect(url: str) -> triton.InferenceServerClient:
+    """A client on a connection of its own: gRPC otherwise shares one connection among every
+    channel of a process to the same address, and one connection reaches one replica."""
+    return triton.InferenceServerClient(url, channel_args=[("grpc.use_local_subchannel_pool", 1)])
 
 
 def tensor(rows: np.ndarray, datatype: str = "FP32") -> triton.InferInput:
@@ -61,7 +69,7 @@ class Run:
         self.url = url
         self.folder = folder
         self.x = np.load(folder / "x.npy")
-        self.client = triton.InferenceServerClient(url)
+        self.client = connect(url)
         self.results: dict[str, Any] = {}
 
     def step(self, name: str, action: Callable[[], Any]) -> None:
@@ -95,9 +103,9 @@ class Run:
         self.step("metadata", lambda: client.get_model_metadata(MODEL, as_json=True))
         self.step("variant_metadata", lambda: client.get_model_metadata(VARIANT, as_json=True))
         self.step("index", lambda: client.get_model_repository_index(as_json=True))
-        # Fresh connections: the kernel spreads them over the replicas sharing the port.
+        # Connections of their own: the kernel spreads them over the replicas sharing the port.
         for k in range(4):
-            fresh = triton.InferenceServerClient(self.url)
+            fresh = connect(self.url)
             self.step(f"infer{k}", lambda f=fresh: self.infer("infer", MODEL, x, f))
             self.step(f"variant{k}", lambda f=fresh: self.infer("variant", VARIANT, x, f))
             fresh.close()
@@ -142,7 +150,7 @@ class Run:
     def control(self) -> None:
         """Unload the variant through the public port; ask each replica; load it back."""
         replicas = json.loads((self.folder / "replicas.json").read_text())
-        clients = [triton.InferenceServerClient(address) for address in replicas]
+        clients = [connect(address) for address in replicas]
 
         def each(what: str, model: str) -> list[Any]:
             found = []
@@ -179,19 +187,20 @@ class Run:
         lock = threading.Lock()
 
         def client_loop(index: int) -> None:
-            client = triton.InferenceServerClient(self.url)
+            client = connect(self.url)
             sent = 0
             while not stop.exists():
                 first = (index * 7 + sent) % (len(self.x) - 4)
                 rows = self.x[first : first + 1 + sent % 4]
                 attempts: list[str] = []
-                for _ in range(RETRIES):
+                for attempt in range(RETRIES):
                     try:
                         result = client.infer(MODEL, [tensor(rows)], client_timeout=WAIT)
                     except InferenceServerException as error:
                         attempts.append(str(error.status()))
                         if str(error.status()) != "StatusCode.UNAVAILABLE":
                             break  # not retryable: recorded as it came
+                        time.sleep(min(BACKOFF * 2**attempt, 1.0))  # as a client should
                         continue
                     except Exception as error:  # recorded; the test counts it as lost
                         attempts.append(f"{type(error).__name__}: {error}")
