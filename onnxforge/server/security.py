@@ -35,6 +35,7 @@ SERVICE = "/inference.GRPCInferenceService/"
 OPEN_METHODS = frozenset(
     {
         "/grpc.health.v1.Health/Check",
+        "/grpc.health.v1.Health/List",
         "/grpc.health.v1.Health/Watch",
         SERVICE + "ServerLive",
     }

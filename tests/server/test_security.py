@@ -116,6 +116,13 @@ def test_tokens_guard_every_rpc_but_health_and_live(guarded: ServerThread) -> No
             health.Check(health_pb2.HealthCheckRequest(service="")).status
             == health_pb2.HealthCheckResponse.SERVING
         )
+        # List is a health check too (a probe needs no token), from our own generated code.
+        from onnxforge.protocol.generated import health_pb2 as ours
+        from onnxforge.protocol.generated import health_pb2_grpc as ours_grpc
+
+        listed = ours_grpc.HealthStub(channel).List(ours.HealthListRequest())
+        assert listed.statuses[""].status == ours.HealthCheckResponse.SERVING
+        assert listed.statuses["digits-mlp"].status == ours.HealthCheckResponse.SERVING
     with (
         InferenceClient(guarded.address, token="wrong") as wrong,
         pytest.raises(Unauthenticated) as error,
