@@ -4,6 +4,8 @@
   whole process group (:class:`ServerProcess`);
 - ``machine``: the CPU, the cores there are to use (affinity and cgroup quota), library
   versions, and what processes use while a measurement runs (``/proc``);
+- ``proctree``: a process and its descendants (servers with worker processes): their CPU
+  time and memory summed (``/proc``);
 - ``load``: a closed-loop load driver, N concurrent clients for a duration or a number of
   requests: latency percentiles, requests/s, rows/s, status counts (:func:`drive`);
 - ``levels``: what ``onnxforge bench`` measures, one run per concurrency level;
@@ -21,6 +23,7 @@ from onnxforge.bench.machine import (
     wait_quiet,
 )
 from onnxforge.bench.process import ServerError, ServerProcess
+from onnxforge.bench.proctree import process_tree, process_tree_cpu_seconds, process_tree_rss_kib
 from onnxforge.bench.report import markdown_table, print_table, table, write_json
 from onnxforge.cpus import usable_cpus
 
@@ -41,6 +44,9 @@ __all__ = [
     "print_table",
     "process_cpu_seconds",
     "process_status",
+    "process_tree",
+    "process_tree_cpu_seconds",
+    "process_tree_rss_kib",
     "run_level",
     "software_versions",
     "table",
