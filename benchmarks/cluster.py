@@ -12,19 +12,21 @@ One machine, one run, short cells: a local cluster (``ray.cluster_utils.Cluster`
 and a worker node, one Ray CPU each, real raylets) serves the bundled ``digits-mlp`` (fp32)
 in each topology in turn:
 
-- ``plain``: ``onnxforge serve`` (one process);
+- ``plain``: ``onnxforge serve`` (one process); ``workers-2``: with ``--workers 2``, the
+  one-machine way to use both cores;
 - ``ray-1``, ``ray-2``: ``onnxforge serve --ray`` with 1 and 2 replicas (one per node, both
   nodes on this machine, so they share its port and its cores);
 - ``serve-1``, ``serve-2`` (``--ray-serve``): the same servicer behind Ray Serve's gRPC
   proxy (``cluster_serve.py``), the topology ``serve --ray`` does not use.
 
 Each cell sends 1-row ModelInfer requests (prebuilt bytes, closed loop, ``onnxforge.bench``)
-from this process over 8 ``grpc.aio`` channels (connections: the kernel spreads them over
-the replicas sharing a port) at 1 and at 32 concurrent clients. The servers' CPU time
-(every replica's, and Ray Serve's proxy's) is read from ``/proc`` around each cell; their
-resident memory after it. The load generator shares the two cores with the servers, so the
-numbers compare topologies on this machine; the JSON's ``per_node`` section turns the
-measured CPU per request and memory per replica into what one more node would add.
+from this process over 8 ``grpc.aio`` channels, each on a connection of its own (the
+kernel spreads connections over the replicas sharing a port), at 1 and at 32 concurrent
+clients. The servers' CPU time (every replica's, and Ray Serve's proxy's) is read from
+``/proc`` around each cell; their resident memory after it. The load generator shares the
+two cores with the servers, so the numbers compare topologies on this machine; the JSON's
+``per_node`` section turns the measured CPU per request and memory per replica into what
+one more node would add.
 """
 
 from __future__ import annotations
@@ -83,6 +85,13 @@ def pids_titled(prefix: str) -> list[int]:
     return found
 
 
+def children(pid: int) -> list[int]:
+    """The child processes of ``pid`` (``--workers``: the workers)."""
+    with contextlib.suppress(OSError):
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    return []
+
+
 def rss_mb(pids: list[int]) -> float:
     return sum(process_status(pid).get("VmRSS", 0) for pid in pids) / 1024
 
@@ -99,7 +108,12 @@ async def measure(port: int, pids: list[int], args: argparse.Namespace) -> list[
     """Both concurrency levels against ``port``; ``pids``: the serving processes."""
     import grpc
 
-    channels = [grpc.aio.insecure_channel(f"127.0.0.1:{port}") for _ in range(CHANNELS)]
+    # Each channel its own connection: gRPC otherwise shares one among the channels of a
+    # process to one address, and one connection reaches one replica.
+    options = [("grpc.use_local_subchannel_pool", 1)]
+    channels = [
+        grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=options) for _ in range(CHANNELS)
+    ]
     for channel in channels:
         await asyncio.wait_for(channel.channel_ready(), 60)
     calls = [channel.unary_unary(METHOD) for channel in channels]
@@ -158,11 +172,12 @@ def local_cluster() -> Iterator[Any]:
 
 
 def run_onnxforge(repository: Path, extra: list[str], args: argparse.Namespace) -> dict[str, Any]:
-    pattern = RAY_SERVING if extra else PLAIN_SERVING
+    on_ray = "--ray" in extra
+    pattern = RAY_SERVING if on_ray else PLAIN_SERVING
     began = time.monotonic()
     with ServerProcess(repository, *extra, threads=1, metrics=False, pattern=pattern) as server:
         started = time.monotonic() - began
-        pids = pids_titled(REPLICA) if extra else [server.pid]
+        pids = pids_titled(REPLICA) if on_ray else [server.pid, *children(server.pid)]
         cells = asyncio.run(measure(server.port, pids, args))
         return {
             "start_seconds": round(started, 1),
@@ -271,6 +286,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="onnxforge-cluster-") as scratch:
         repository = prepare(Path(scratch))
         results["plain"] = run_onnxforge(repository, [], args)
+        results["workers-2"] = run_onnxforge(repository, ["--workers", "2"], args)
         with local_cluster() as cluster:
             cluster_start = cluster.start_seconds
             daemons = ray_daemons_mb()

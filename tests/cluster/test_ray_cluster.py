@@ -368,13 +368,21 @@ def test_replica_killed_under_load(served: Served, tmp_path: Path) -> None:
         requests = load.stop()
     # The restarted replica, on its own new port: serving, with the models of the others.
     assert back.node == old.node  # soft affinity: its node is alive, so there again
+    settled(served, load, requests, back, f"replica {victim} killed")
+
+
+def settled(
+    served: Served, load: Load, requests: list[dict[str, Any]], back: Replica, fault: str
+) -> None:
+    """After a fault: the restarted replica serves right on its own port, and every request
+    of the load was answered right (at once, or after UNAVAILABLE)."""
     with InferenceClient(back.control) as client:
         got = client.infer("tiny", {"x": served.x})
     np.testing.assert_allclose(
         next(iter(got.values())), expected(served.repository, served.x), rtol=1e-5, atol=1e-6
     )
     tally = load.classify(requests, served.repository, served.x)
-    print(f"replica {victim} killed under load: {len(requests)} requests, {tally}")
+    print(f"{fault} under load: {len(requests)} requests, {tally}")
     assert tally["lost"] == 0 and tally["wrong"] == 0, (tally, served.ray.output[-6000:])
     assert tally["answered"] + tally["refused_then_answered"] == len(requests)
 
@@ -460,12 +468,4 @@ def test_worker_node_killed_under_load(served: Served, tmp_path: Path) -> None:
         requests = load.stop()
     head = served.cluster.head_node.node_id
     assert back.node != lost.node and head.startswith(back.node)
-    with InferenceClient(back.control) as client:
-        got = client.infer("tiny", {"x": served.x})
-    np.testing.assert_allclose(
-        next(iter(got.values())), expected(served.repository, served.x), rtol=1e-5, atol=1e-6
-    )
-    tally = load.classify(requests, served.repository, served.x)
-    print(f"worker node killed under load: {len(requests)} requests, {tally}")
-    assert tally["lost"] == 0 and tally["wrong"] == 0, (tally, served.ray.output[-6000:])
-    assert tally["answered"] + tally["refused_then_answered"] == len(requests)
+    settled(served, load, requests, back, "worker node killed")
