@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+import socket
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,4 +74,25 @@ def ray_settings(
         return None
     if workers > 1:
         raise click.UsageError("--workers does not combine with --ray: use --replicas")
+    if importlib.util.find_spec("ray") is None:
+        raise click.UsageError("--ray needs Ray: pip install 'onnxforge[ray]'")
+    why = unreachable(address)
+    if why is not None:  # Ray itself would retry for minutes before saying so
+        raise click.BadParameter(
+            f"cannot reach a Ray cluster at {address}: {why}", param_hint="--ray"
+        )
     return RayOptions(address=address, replicas=replicas, cpus=cpus, namespace=namespace)
+
+
+def unreachable(address: str) -> str | None:
+    """Why nothing answers at a ``HOST:PORT`` address (None: something does, or another form)."""
+    if address in (LOCAL, "auto") or "://" in address:
+        return None
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+    except ValueError:
+        return "expected HOST:PORT, 'auto' or ray://HOST:PORT"
+    except OSError as error:
+        return error.strerror or str(error)
+    return None

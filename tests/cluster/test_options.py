@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 import textwrap
@@ -38,3 +39,23 @@ def test_ray_flags_are_listed_in_help(run_cli: Callable[..., CliResult]) -> None
     assert result.code == 0
     for flag in ("--ray [ADDRESS]", "--replicas", "--replica-cpus", "--ray-namespace"):
         assert flag in result.out
+
+
+def test_an_address_where_no_cluster_answers_is_one_line(
+    run_cli: Callable[..., CliResult], tmp_path: Path
+) -> None:
+    with socket.socket() as unused:  # bound, never listening: connections are refused
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+        result = run_cli("serve", tmp_path, "--ray", f"127.0.0.1:{port}")
+    assert result.code == 2
+    assert f"cannot reach a Ray cluster at 127.0.0.1:{port}: Connection refused" in result.err
+    assert "Traceback" not in result.err
+
+
+def test_an_address_without_a_port_is_refused(
+    run_cli: Callable[..., CliResult], tmp_path: Path
+) -> None:
+    result = run_cli("serve", tmp_path, "--ray", "somewhere")
+    assert result.code == 2
+    assert "expected HOST:PORT, 'auto' or ray://HOST:PORT" in result.err
