@@ -1,12 +1,16 @@
-"""The cells of ``serving.py``: one (configuration, model, rows, concurrency) each.
+"""The cells of ``serving.py``: one (server, model, rows, concurrency) each.
 
 A cell is measured once per round (an :class:`Attempt`, or several when other processes
-were busy during it), its attempts added up, and summarized into the JSON's cell entries.
+were busy during it: the quietest is kept) and summarized as the median of its rounds.
+Server CPU is read over the server's whole process tree (``/proc``), so a server that hands
+requests to worker processes is charged for them.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,76 +19,34 @@ from typing import Any
 import numpy as np
 from serving_workers import MODELS, REQUEST_TIMEOUT_S
 
-from onnxforge.bench import machine_busy, percentiles_ms, process_cpu_seconds, process_status
+from onnxforge.bench import machine_busy, percentiles_ms, process_tree_cpu_seconds
 
-CONFIGS = ("null", "off", "on")  # (b), onnxforge batching off, onnxforge batching on
+#: Every server there may be, in the order of the first round (later rounds alternate).
+SERVERS = ("onnxforge", "null-aio", "null-sync", "kserve", "mlserver", "mlserver-batching")
 LABELS = {
-    "ort": "(a) ONNX Runtime in-process",
-    "null": "(b) do-nothing gRPC server",
-    "off": "onnxforge, batching off",
-    "on": "onnxforge, batching on",
+    "ort": "ONNX Runtime in-process",
+    "onnxforge": "onnxforge serve (defaults)",
+    "null-aio": "do-nothing grpc.aio server",
+    "null-sync": "do-nothing grpc thread-pool server",
+    "kserve": "KServe ModelServer + ORT",
+    "mlserver": "MLServer + ORT",
+    "mlserver-batching": "MLServer + ORT, adaptive batching",
 }
+#: (rows per request, concurrency) of every server cell.
+LOADS = ((1, 1), (1, 32), (64, 4))
 
 
 @dataclass
 class Target:
-    """One server under test: its process, port, and how to stop it."""
+    """One server under test: the root process of its tree, its port, how to stop it."""
 
-    config: str  # null | off | on
+    name: str
     pid: int
     port: int
     stop: Callable[[], None]
-    channel: Any = None  # for ModelStatistics (onnxforge only)
-
-    def runs(self, model: str) -> tuple[int, int]:
-        """(session runs, rows) the server has counted for ``model`` so far."""
-        if self.config not in ("on", "off"):
-            return 0, 0
-        import grpc
-
-        from onnxforge.protocol.generated import inference_pb2 as pb
-
-        if self.channel is None:
-            self.channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
-        call = self.channel.unary_unary(
-            "/inference.GRPCInferenceService/ModelStatistics",
-            request_serializer=pb.ModelStatisticsRequest.SerializeToString,
-            response_deserializer=pb.ModelStatisticsResponse.FromString,
-        )
-        stats = call(pb.ModelStatisticsRequest(name=model), timeout=10).model_stats[0]
-        return int(stats.execution_count), int(stats.inference_count)
 
     def close(self) -> None:
-        if self.channel is not None:
-            self.channel.close()
         self.stop()
-
-
-@dataclass
-class Cell:
-    config: str  # ort | null | off | on
-    model: str  # small | wide
-    rows: int
-    concurrency: int  # client coroutines; for "ort": 1 (one call at a time)
-    threads: int = 0  # for "ort": intra-op threads
-    latencies: list[np.ndarray] = field(default_factory=list)
-    per_round_rps: list[float] = field(default_factory=list)
-    errors: int = 0
-    first_error: str | None = None
-    seconds: float = 0.0
-    server_cpu_s: float = 0.0
-    client_cpu_s: float = 0.0
-    others_cpu_s: float = 0.0
-    irq_s: float = 0.0
-    session_runs: int = 0
-    session_rows: int = 0
-    discarded: int = 0  # attempts thrown away because other processes were busy
-    client_processes: int = 1
-    rss_kb_after: list[int] = field(default_factory=list)
-
-    @property
-    def key(self) -> tuple[str, str, int, int, int]:
-        return (self.config, self.model, self.rows, self.concurrency, self.threads)
 
 
 @dataclass
@@ -97,157 +59,138 @@ class Attempt:
     server_cpu_s: float
     client_cpu_s: float
     others_cpu_s: float
-    irq_s: float
-    rss_kb: int
-    session_runs: int = 0  # counted by the server (ModelStatistics), warm-up included
-    session_rows: int = 0
+    load_average: float  # the 1-minute load average at the start
+
+    @property
+    def requests(self) -> int:
+        return len(self.latencies)
+
+
+@dataclass
+class Cell:
+    server: str  # a SERVERS name, or "ort"
+    model: str  # small | wide
+    rows: int
+    concurrency: int  # client coroutines; for "ort": 1 (one call at a time)
+    threads: int = 0  # for "ort": intra-op threads (0: ONNX Runtime's choice)
+    rounds: list[Attempt] = field(default_factory=list)
+    discarded: int = 0  # attempts thrown away because other processes were busy
+
+    @property
+    def key(self) -> tuple[str, str, int, int, int]:
+        return (self.server, self.model, self.rows, self.concurrency, self.threads)
 
 
 @dataclass
 class Rig:
-    """Everything a cell is measured with: servers, load processes, (a), inputs."""
+    """Everything a cell is measured with: servers, the load process, ONNX Runtime alone."""
 
     servers: dict[str, Target]
-    clients: list[Any]  # pipes to the load generator processes
-    compute: Any  # pipe to (a)
+    client: Any  # pipe to the load generator process
+    compute: Any  # pipe to the in-process ONNX Runtime worker
     compute_pid: int
     payloads: dict[tuple[str, int], bytes]  # prebuilt request bytes per (model, rows)
     inputs: dict[tuple[str, int], np.ndarray]
 
 
-def make_cells(args: argparse.Namespace) -> list[Cell]:
-    cells = []
-    for model in MODELS:
-        # (a) with the server's thread count, and with 2 threads for comparison.
-        extra = set() if args.quick else {2}
-        for threads in sorted({args.threads, *extra} - {0}) or [args.threads]:
-            for rows in (1, 64):
-                cells.append(Cell("ort", model, rows, 1, threads))
-        for config in CONFIGS:
-            cells += [Cell(config, model, 1, c) for c in args.concurrency]
-            cells += [Cell(config, model, 64, c) for c in args.rows64_concurrency]
-    return cells
+def server_cells(servers: list[str]) -> list[Cell]:
+    return [Cell(s, m, rows, c) for s in servers for m in MODELS for rows, c in LOADS]
 
 
-def _send(cell: Cell, rig: Rig, start: float, args: argparse.Namespace) -> list[Any]:
-    """Tell (a) or the load processes to run ``cell`` from ``start``; the pipes to read."""
-    if cell.config == "ort":
+def ort_cells() -> list[Cell]:
+    """Batch 1 and 64, with ONNX Runtime's default threads (0) and with one thread."""
+    return [Cell("ort", m, rows, 1, t) for m in MODELS for rows in (1, 64) for t in (0, 1)]
+
+
+def _send(cell: Cell, rig: Rig, start: float, args: argparse.Namespace) -> Any:
+    """Tell the ONNX Runtime worker or the load process to run ``cell`` from ``start``."""
+    if cell.server == "ort":
         rows = rig.inputs[(cell.model, cell.rows)]
-        name = MODELS[cell.model]
-        rig.compute.send(("run", name, cell.threads, rows, start, args.warmup, args.duration))
-        return [rig.compute]
-    port = rig.servers[cell.config].port
-    n = 2 if 0 < args.two_clients_from <= cell.concurrency else 1
-    cell.client_processes = n
-    shares = [cell.concurrency // n + (i < cell.concurrency % n) for i in range(n)]
-    used = []
+        duration = min(args.duration, args.ort_duration)
+        message = ("run", MODELS[cell.model], cell.threads, rows, start, args.warmup, duration)
+        rig.compute.send(message)
+        return rig.compute
+    port = rig.servers[cell.server].port
     payload = rig.payloads[(cell.model, cell.rows)]
-    for conn, share in zip(rig.clients, shares, strict=False):
-        if share:
-            conn.send(("cell", port, payload, share, start, args.warmup, args.duration))
-            used.append(conn)
-    return used
+    rig.client.send(("cell", port, payload, cell.concurrency, start, args.warmup, args.duration))
+    return rig.client
 
 
 def run_cell(cell: Cell, rig: Rig, args: argparse.Namespace) -> Attempt:
-    """Measure ``cell`` once: its requests, and the CPU of the server, the client, the rest."""
-    name = MODELS[cell.model]
-    server = rig.servers.get(cell.config)
-    before = server.runs(name) if server is not None else (0, 0)
+    """Measure ``cell`` once: its requests; the CPU of the server's tree, the client, the rest."""
+    duration = min(args.duration, args.ort_duration) if cell.server == "ort" else args.duration
     start = time.monotonic() + 0.05
-    window = (start + args.warmup, start + args.warmup + args.duration)
-    used = _send(cell, rig, start, args)
-    pid = rig.compute_pid if server is None else server.pid
+    window = (start + args.warmup, start + args.warmup + duration)
+    load_average = os.getloadavg()[0]
+    conn = _send(cell, rig, start, args)
+    pid = rig.compute_pid if cell.server == "ort" else rig.servers[cell.server].pid
     time.sleep(max(0.0, window[0] - time.monotonic()))
-    (busy0, irq0), cpu0 = machine_busy(), process_cpu_seconds(pid)
+    busy0, cpu0 = machine_busy()[0], process_tree_cpu_seconds(pid)
     time.sleep(max(0.0, window[1] - time.monotonic()))
-    (busy1, irq1), cpu1 = machine_busy(), process_cpu_seconds(pid)
-    results = []
-    for conn in used:
-        if not conn.poll(args.warmup + args.duration + REQUEST_TIMEOUT_S + 30):
-            raise RuntimeError(f"no answer from a load process for {cell.key}")
-        results.append(conn.recv())
-    client_cpu = sum(r["cpu_s"] for r in results)
-    after = server.runs(name) if server is not None else (0, 0)
+    busy1, cpu1 = machine_busy()[0], process_tree_cpu_seconds(pid)
+    if not conn.poll(args.warmup + duration + REQUEST_TIMEOUT_S + 30):
+        raise RuntimeError(f"no answer from the load process for {cell.key}")
+    result = conn.recv()
     return Attempt(
-        session_runs=after[0] - before[0],
-        session_rows=after[1] - before[1],
-        latencies=np.concatenate([r["latencies"] for r in results]),
-        errors=sum(r["errors"] for r in results),
-        first_error=next((r["first_error"] for r in results if r.get("first_error")), None),
+        latencies=result["latencies"],
+        errors=result["errors"],
+        first_error=result.get("first_error"),
         server_cpu_s=cpu1 - cpu0,
-        client_cpu_s=client_cpu,
-        others_cpu_s=max(0.0, (busy1 - busy0) - (cpu1 - cpu0) - client_cpu),
-        irq_s=irq1 - irq0,
-        rss_kb=process_status(pid).get("VmRSS", 0) if server is not None else 0,
+        client_cpu_s=result["cpu_s"],
+        others_cpu_s=max(0.0, (busy1 - busy0) - (cpu1 - cpu0) - result["cpu_s"]),
+        load_average=load_average,
     )
 
 
-def add(cell: Cell, attempt: Attempt, duration: float) -> None:
-    cell.latencies.append(attempt.latencies)
-    cell.per_round_rps.append(len(attempt.latencies) / duration)
-    cell.seconds += duration
-    cell.errors += attempt.errors
-    cell.first_error = cell.first_error or attempt.first_error
-    cell.server_cpu_s += attempt.server_cpu_s
-    cell.client_cpu_s += attempt.client_cpu_s
-    cell.others_cpu_s += attempt.others_cpu_s
-    cell.irq_s += attempt.irq_s
-    cell.session_runs += attempt.session_runs
-    cell.session_rows += attempt.session_rows
-    if cell.config != "ort":
-        cell.rss_kb_after.append(attempt.rss_kb)
+def _median(values: list[float]) -> float | None:
+    return round(statistics.median(values), 4) if values else None
 
 
-def _per_request(cpu_s: float, requests: int) -> float | None:
-    return round(1e6 * cpu_s / requests, 1) if requests else None
-
-
-def _cores(cpu_s: float, seconds: float) -> float | None:
-    return round(cpu_s / seconds, 2) if seconds else None
-
-
-def summarize(cell: Cell) -> dict[str, Any]:
-    """The JSON entry of one cell: rates, percentiles, CPU, rows per session run."""
-    latencies = np.concatenate(cell.latencies) if cell.latencies else np.zeros(0)
-    requests = len(latencies)
-    rps = requests / cell.seconds if cell.seconds else 0.0
-    p50, p90, p99 = percentiles_ms(latencies, (50, 90, 99))
+def summarize(cell: Cell, duration: float) -> dict[str, Any]:
+    """The JSON entry of one cell: the median of its rounds, and every round's values."""
+    per_round: dict[str, list[Any]] = {
+        key: []
+        for key in ("requests_per_s", "p50_ms", "p99_ms", "server_cpu_us_per_request",
+                    "server_cores", "others_cores", "load_average_1m", "errors")
+    }  # fmt: skip
+    for attempt in cell.rounds:
+        p50, p99 = percentiles_ms(attempt.latencies, (50, 99))
+        per_round["requests_per_s"].append(round(attempt.requests / duration, 1))
+        per_round["p50_ms"].append(round(p50, 4))
+        per_round["p99_ms"].append(round(p99, 4))
+        if attempt.requests and cell.server != "ort":
+            per_round["server_cpu_us_per_request"].append(
+                round(1e6 * attempt.server_cpu_s / attempt.requests, 1)
+            )
+        per_round["server_cores"].append(round(attempt.server_cpu_s / duration, 2))
+        per_round["others_cores"].append(round(attempt.others_cpu_s / duration, 2))
+        per_round["load_average_1m"].append(round(attempt.load_average, 2))
+        per_round["errors"].append(attempt.errors)
+    rps = _median(per_round["requests_per_s"])
     out: dict[str, Any] = {
-        "config": cell.config,
-        "label": LABELS[cell.config],
+        "server": cell.server,
+        "label": LABELS[cell.server],
         "model": cell.model,
         "model_name": MODELS[cell.model],
         "rows": cell.rows,
         "concurrency": cell.concurrency,
     }
-    if cell.config == "ort":
+    if cell.server == "ort":
         out["threads"] = cell.threads
     out |= {
-        "requests": requests,
-        "errors": cell.errors,
-        "seconds": round(cell.seconds, 3),
-        "requests_per_s": round(rps, 1),
-        "rows_per_s": round(rps * cell.rows, 1),
-        "p50_ms": round(p50, 4),
-        "p90_ms": round(p90, 4),
-        "p99_ms": round(p99, 4),
-        "per_round_requests_per_s": [round(v, 1) for v in cell.per_round_rps],
-        "others_cores": _cores(cell.others_cpu_s, cell.seconds),
-        "interrupt_cores": _cores(cell.irq_s, cell.seconds),
+        "requests_per_s": rps,
+        "rows_per_s": None if rps is None else round(rps * cell.rows, 1),
+        "p50_ms": _median([v for v in per_round["p50_ms"] if v == v]),  # NaN: no answers
+        "p99_ms": _median([v for v in per_round["p99_ms"] if v == v]),
+        "errors": sum(per_round["errors"]),
+        "rounds": len(cell.rounds),
         "discarded_noisy_attempts": cell.discarded,
+        "per_round": per_round,
     }
-    if cell.config != "ort":
-        out |= {
-            "client_processes": cell.client_processes,
-            "server_cpu_us_per_request": _per_request(cell.server_cpu_s, requests),
-            "client_cpu_us_per_request": _per_request(cell.client_cpu_s, requests),
-            "server_cores": round(cell.server_cpu_s / cell.seconds, 2),
-            "client_cores": round(cell.client_cpu_s / cell.seconds, 2),
-            "server_rss_mib_after": [round(kb / 1024, 1) for kb in cell.rss_kb_after],
-        }
-        if cell.session_runs:
-            out["rows_per_session_run"] = round(cell.session_rows / cell.session_runs, 2)
-        if cell.first_error:
-            out["first_error"] = cell.first_error
+    if cell.server != "ort":
+        out["server_cpu_us_per_request"] = _median(per_round["server_cpu_us_per_request"])
+        out["server_cores"] = _median(per_round["server_cores"])
+    first = next((a.first_error for a in cell.rounds if a.first_error), None)
+    if first:
+        out["first_error"] = first
     return out

@@ -4,125 +4,57 @@ from __future__ import annotations
 
 import sys
 
-from serving_cells import CONFIGS, LABELS
-from serving_report import Report
+from serving_cells import LABELS, LOADS, SERVERS
+from serving_report import Report, find
 
 from onnxforge.bench import print_table
+from onnxforge.bench.report import number
+
+
+def load_name(rows: int, concurrency: int) -> str:
+    plural = "s" if concurrency > 1 else ""
+    return f"{rows} row{'s' if rows > 1 else ''} x {concurrency} client{plural}"
 
 
 def _print_ort(report: Report) -> None:
-    print("\n(a) ONNX Runtime in-process, one call at a time")
-    columns = ["model", "threads", "batch", "p50 ms", "p90 ms", "calls/s", "rows/s"]
+    print("\nONNX Runtime in-process, one session.run at a time (median of rounds)")
+    columns = ["model", "threads", "batch", "p50 ms", "calls/s", "rows/s"]
     rows = [
-        [
-            c["model_name"],
-            str(c["threads"]),
-            str(c["rows"]),
-            f"{c['p50_ms']:.3f}",
-            f"{c['p90_ms']:.3f}",
-            f"{c['requests_per_s']:,.0f}",
-            f"{c['rows_per_s']:,.0f}",
-        ]
+        [c["model_name"], str(c["threads"] or "default"), str(c["rows"]), number(c["p50_ms"], 3),
+         number(c["requests_per_s"]), number(c["rows_per_s"])]
         for c in report["ort"]
-    ]
+    ]  # fmt: skip
     print_table(columns, rows)
 
 
-SERVER_NAMES = {"null": "(b) do-nothing", "off": "batching off", "on": "batching on"}
+def cell_row(cell: Report) -> list[str]:
+    """req/s (rows/s), p50, p99, server CPU per request, errors."""
+    rate = number(cell["requests_per_s"])
+    if cell["rows"] > 1:
+        rate += f" ({number(cell['rows_per_s'])})"
+    return [rate, number(cell["p50_ms"], 2), number(cell["p99_ms"], 2),
+            number(cell["server_cpu_us_per_request"]), str(cell["errors"])]  # fmt: skip
 
 
 def _print_cells(report: Report) -> None:
-    print("\n(b) do-nothing gRPC server and onnxforge, closed loop")
-    columns = ["model", "rows", "conc", "server", "req/s", "rows/s", "p50 ms", "p90 ms"]
-    columns += ["p99 ms", "err", "srv CPU us/req", "rows/run", "others cores"]
-    order = {"null": 0, "off": 1, "on": 2}
-    cells = sorted(
-        report["cells"], key=lambda c: (c["model"], c["rows"], c["concurrency"], order[c["config"]])
-    )
-    rows = [
-        [
-            c["model_name"],
-            str(c["rows"]),
-            str(c["concurrency"]),
-            SERVER_NAMES[c["config"]],
-            f"{c['requests_per_s']:,.0f}",
-            f"{c['rows_per_s']:,.0f}",
-            f"{c['p50_ms']:.3f}",
-            f"{c['p90_ms']:.3f}",
-            f"{c['p99_ms']:.3f}",
-            str(c["errors"]),
-            f"{c['server_cpu_us_per_request']:,.0f}",
-            f"{c['rows_per_session_run']:.1f}" if "rows_per_session_run" in c else "-",
-            f"{c['others_cores']:.2f}",
-        ]
-        for c in cells
-    ]
+    print("\nclosed loop, median of rounds; req/s (rows/s); server CPU over its process tree")
+    columns = ["model", "load", "server", "req/s (rows/s)", "p50 ms", "p99 ms"]
+    columns += ["server CPU us/req", "errors"]
+    rows = []
+    for model in ("small", "wide"):
+        for rows_per, c in LOADS:
+            for server in SERVERS:
+                cell = find(report, server, model, rows_per, c)
+                if cell is not None:
+                    name = cell["model_name"]
+                    rows.append([name, load_name(rows_per, c), LABELS[server], *cell_row(cell)])
     print_table(columns, rows)
-
-
-def _print_loaded_memory(m: Report) -> None:
-    print("\nmemory (VmRSS)")
-    columns = ["server", "model files MiB", "RSS MiB", "over empty MiB"]
-    bundled = m["bundled_models"]
-    rows = [
-        ["onnxforge, empty repository", "0", f"{m['empty_repository']['rss_mib']}", "-"],
-        [
-            "onnxforge, digits-mlp + wide-mlp fp32",
-            f"{m['bench_repository']['model_file_bytes'] / 2**20:.1f}",
-            f"{m['on']['rss_mib_loaded']}",
-            f"{m['on']['rss_over_empty_mib']}",
-        ],
-        [
-            f"onnxforge, bundled models/ ({len(bundled['models'])} models)",
-            f"{bundled['model_file_bytes'] / 2**20:.1f}",
-            f"{bundled['rss_mib']}",
-            f"{bundled['rss_over_empty_mib']}",
-        ],
-    ]
-    print_table(columns, rows)
-    p = m["probe"]
-    print(
-        f"fresh process, the server's Registry: imports {p['imports_mib']} MiB, models loaded "
-        f"{p['loaded_mib']}, after malloc_trim {p['loaded_after_malloc_trim_mib']}, after 64-row "
-        f"runs {p['after_runs_mib']}; each extra wide-mlp session "
-        f"{p['per_extra_wide_session_mib']} MiB (file {p['wide_file_mib']} MiB)"
-    )
-    p = m["probe_bundled"]
-    print(
-        f"fresh process, bundled models/: imports {p['imports_mib']} MiB, loaded "
-        f"{p['loaded_mib']}, after malloc_trim {p['loaded_after_malloc_trim_mib']}"
-    )
-
-
-def _print_memory_under_load(m: Report) -> None:
-    columns = ["server (VmRSS MiB)", "loaded", "after each round", "cells min-max", "final"]
-    columns.append("peak (HWM)")
-    rows = [
-        [
-            LABELS[config],
-            f"{m[config]['rss_mib_loaded']}",
-            ", ".join(map(str, m[config]["rss_mib_after_round"])),
-            "-".join(map(str, m[config]["rss_mib_min_max_after_cells"])),
-            f"{m[config]['rss_mib_final']}",
-            f"{m[config]['peak_rss_mib']}",
-        ]
-        for config in CONFIGS
-    ]
-    print_table(columns, rows)
-    for config in ("off", "on"):
-        e = m[config].get("sustained")
-        if e:
-            print(
-                f"sustained load, {LABELS[config]}: {e['requests']:,} requests in "
-                f"{e['seconds']:g} s, RSS {e['rss_mib_start']} -> {e['rss_mib_end']} MiB "
-                f"(samples {', '.join(map(str, e['rss_mib_samples']))})"
-            )
 
 
 def _print_targets(report: Report) -> None:
-    print("\ntargets")
+    print("\ntargets of the serving issue (this run)")
     rows = [
-        [name, f"{t['value']:.3f}", f"{t['rule']} {t['target']}", "yes" if t["met"] else "NO"]
+        [name, number(t["value"], 2), t["target"], {True: "yes", False: "NO", None: "-"}[t["met"]]]
         for name, t in report["targets"].items()
     ]
     print_table(["target", "value", "rule", "met"], rows)
@@ -130,15 +62,20 @@ def _print_targets(report: Report) -> None:
 
 def print_report(report: Report) -> None:
     s, machine, software = report["settings"], report["machine"], report["software"]
+    load = report["load_average"]
     print(
-        f"{machine['cpu_model']}, {machine['logical_cpus']} CPUs; "
-        f"onnxruntime {software['onnxruntime']}, grpcio {software['grpcio']}; "
-        f"intra-op threads {s['intra_op_num_threads']}; {s['rounds']} rounds x "
-        f"{s['duration_s']:g} s per cell"
+        f"{machine['cpu_model']}, {machine['logical_cpus']} CPUs ({machine['cores_to_use']} to "
+        f"use); onnxruntime {software.get('onnxruntime')}, grpcio {software.get('grpcio')}; "
+        f"{s['rounds']} round(s) x {s['duration_s']:g} s per cell; load average before "
+        f"{load['before_1_5_15m']}, after {load['after_1_5_15m']}, during cells (1 min) "
+        f"{load['cells_1m_min_max']}"
     )
+    for name, why in report["peers"]["skipped"].items():
+        print(f"SKIPPED {name}: {why}")
+    for name, versions in report["peers"]["software"].items():
+        shown = ", ".join(f"{k} {v}" for k, v in versions.items() if k != "environment")
+        print(f"{name}: {shown}")
     _print_ort(report)
     _print_cells(report)
-    _print_loaded_memory(report["memory"])
-    _print_memory_under_load(report["memory"])
     _print_targets(report)
     sys.stdout.flush()

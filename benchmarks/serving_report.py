@@ -1,15 +1,13 @@
-"""``serving.py``'s report: assembled from what was measured, and its targets computed."""
+"""``serving.py``'s report: the medians of every cell, and the ratios the serving issue
+sets as targets (onnxforge against the peers, the floors and in-process ONNX Runtime)."""
 
 from __future__ import annotations
 
 import argparse
 import datetime
-from collections import defaultdict
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from serving_cells import CONFIGS, LABELS, Cell, summarize
+from serving_cells import LABELS, LOADS, Cell, summarize
 from serving_workers import MODELS
 
 from onnxforge.bench import machine_info, software_versions
@@ -17,249 +15,175 @@ from onnxforge.bench import machine_info, software_versions
 Report = dict[str, Any]
 
 
-def find(report: Report, config: str, model: str, rows: int, concurrency: int) -> Report:
+def find(report: Report, server: str, model: str, rows: int, concurrency: int) -> Report | None:
     for cell in report["cells"]:
-        if (cell["config"], cell["model"], cell["rows"], cell["concurrency"]) == (
-            config,
+        if (cell["server"], cell["model"], cell["rows"], cell["concurrency"]) == (
+            server,
             model,
             rows,
             concurrency,
         ):
             return cell
-    raise KeyError((config, model, rows, concurrency))
+    return None
 
 
-def ort_cell(report: Report, model: str, rows: int, threads: int) -> Report:
-    return next(
-        c for c in report["ort"] if (c["model"], c["rows"], c["threads"]) == (model, rows, threads)
-    )
+def ort_ceiling(report: Report, model: str, rows: int) -> Report | None:
+    """The in-process cell with the most rows/s at this batch size (of the thread counts)."""
+    cells = [c for c in report["ort"] if (c["model"], c["rows"]) == (model, rows)]
+    return max(cells, key=lambda c: c["rows_per_s"] or 0.0, default=None)
 
 
-# ----------------------------------------------------------------------------- targets
+def _ratio(ours: float | None, theirs: float | None) -> float | None:
+    return round(ours / theirs, 3) if ours and theirs else None
 
 
-def _target(value: float, target: float, higher: bool, **detail: Any) -> dict[str, Any]:
-    met = value >= target if higher else value <= target
-    return {
-        "value": round(value, 3),
-        "target": target,
-        "rule": ">=" if higher else "<=",
-        "met": bool(met),
-        **detail,
+def _target(value: float | None, bound: float, higher: bool, what: str, **detail: Any) -> Report:
+    met = None if value is None else (value >= bound if higher else value <= bound)
+    rule = ">=" if higher else "<="
+    return {"what": what, "value": value, "target": f"{rule} {bound}", "met": met, **detail}
+
+
+def _best_mlserver(report: Report, model: str, rows: int, c: int) -> Report | None:
+    """MLServer's better configuration (adaptive batching or not) for this cell."""
+    cells = [find(report, s, model, rows, c) for s in ("mlserver", "mlserver-batching")]
+    present = [cell for cell in cells if cell is not None and cell["requests_per_s"]]
+    return max(present, key=lambda cell: cell["requests_per_s"], default=None)
+
+
+def _against_peers(report: Report) -> dict[str, Any]:
+    """Throughput ratios to KServe and MLServer (its better configuration), 1-row requests."""
+    wants = {  # (model, concurrency): (times KServe, times MLServer)
+        ("small", 1): (1.25, 2.0),
+        ("small", 32): (1.25, 2.0),
+        ("wide", 1): (1.0, 1.0),
+        ("wide", 32): (2.5, 3.5),
     }
-
-
-def _paired(a: Report, b: Report, key: str = "per_round_requests_per_s") -> list[float]:
-    return [round(x / y, 3) if y else float("nan") for x, y in zip(a[key], b[key], strict=True)]
-
-
-def _c1_latency(report: Report, model: str, threads: int) -> dict[str, Any]:
-    ours, null = find(report, "on", model, 1, 1), find(report, "null", model, 1, 1)
-    off = find(report, "off", model, 1, 1)
-    compute = ort_cell(report, model, 1, threads)["p50_ms"]
-    return _target(
-        ours["p50_ms"] / null["p50_ms"],
-        1.3,
-        higher=False,
-        what=f"{MODELS[model]}, 1 row, concurrency 1: onnxforge (batching on) p50 / (b) p50",
-        ours_p50_ms=ours["p50_ms"],
-        framework_p50_ms=null["p50_ms"],
-        batching_off_ratio=round(off["p50_ms"] / null["p50_ms"], 3),
-        compute_p50_ms=compute,
-        floor_with_compute=round((null["p50_ms"] + compute) / null["p50_ms"], 3),
-    )
-
-
-def _wide_c32(report: Report) -> dict[str, Any]:
-    on, off = find(report, "on", "wide", 1, 32), find(report, "off", "wide", 1, 32)
-    null = find(report, "null", "wide", 1, 32)
-    return {
-        "wide_c32_batching_on_vs_off": _target(
-            on["requests_per_s"] / off["requests_per_s"],
-            2.0,
-            higher=True,
-            what="wide-mlp, 1 row, concurrency 32: requests/s batching on / batching off",
-            on_requests_per_s=on["requests_per_s"],
-            off_requests_per_s=off["requests_per_s"],
-            per_round=_paired(on, off),
-        ),
-        "wide_c32_on_vs_framework": _target(
-            on["requests_per_s"] / null["requests_per_s"],
-            0.6,
-            higher=True,
-            what="wide-mlp, 1 row, concurrency 32: requests/s batching on / (b)",
-            on_requests_per_s=on["requests_per_s"],
-            framework_requests_per_s=null["requests_per_s"],
-            per_round=_paired(on, null),
-        ),
-    }
-
-
-def _rows64(report: Report, model: str, threads: int) -> dict[str, Any]:
-    ort64 = ort_cell(report, model, 64, threads)
-    ceiling = ort64["rows_per_s"]
-    on = find(report, "on", model, 64, 1)
-    others = {
-        f"{config}_c{c}": round(find(report, config, model, 64, c)["rows_per_s"] / ceiling, 3)
-        for config in ("on", "off")
-        for c in report["settings"]["rows64_concurrency"]
-    }
-    return _target(
-        on["rows_per_s"] / ceiling,
-        0.7,
-        higher=True,
-        what=f"{MODELS[model]}, 64-row requests, concurrency 1: onnxforge (batching on) "
-        f"rows/s / (a) batch-64 rows/s ({threads} thread(s))",
-        ours_rows_per_s=on["rows_per_s"],
-        ort_rows_per_s=ceiling,
-        by_p50=round(ort64["p50_ms"] / on["p50_ms"], 3),
-        all_ratios=others,
-    )
-
-
-def targets(report: Report) -> dict[str, Any]:
-    """Each target: its value, the bound, met or not, and the numbers behind it."""
-    threads = report["settings"]["intra_op_num_threads"] or 1
-    out: dict[str, Any] = {
-        f"c1_p50_vs_framework_{model}": _c1_latency(report, model, threads) for model in MODELS
-    }
-    if 32 in report["settings"]["concurrency"]:
-        out |= _wide_c32(report)
-    for model in MODELS:
-        out[f"rows64_vs_ort_{model}"] = _rows64(report, model, threads)
+    out: dict[str, Any] = {}
+    for (model, c), (kserve_times, mlserver_times) in wants.items():
+        ours = find(report, "onnxforge", model, 1, c)
+        if ours is None:
+            continue
+        rps = ours["requests_per_s"]
+        for peer, times, theirs in (
+            ("kserve", kserve_times, find(report, "kserve", model, 1, c)),
+            ("mlserver", mlserver_times, _best_mlserver(report, model, 1, c)),
+        ):
+            if theirs is None:
+                continue
+            out[f"{model}_c{c}_vs_{peer}"] = _target(
+                _ratio(rps, theirs["requests_per_s"]),
+                times,
+                higher=True,
+                what=f"{MODELS[model]}, 1-row requests, {c} client(s): onnxforge req/s / "
+                f"{LABELS[theirs['server']]} req/s",
+                onnxforge=rps,
+                peer=theirs["requests_per_s"],
+                peer_server=theirs["server"],
+            )
     return out
 
 
-# ----------------------------------------------------------------------------- assembling
+def _floors(report: Report) -> dict[str, Any]:
+    """The small model against the do-nothing servers: CPU per request and c=1 latency."""
+    out: dict[str, Any] = {}
+    ours32 = find(report, "onnxforge", "small", 1, 32)
+    floors = [find(report, s, "small", 1, 32) for s in ("null-aio", "null-sync")]
+    floors = [f for f in floors if f is not None and f["server_cpu_us_per_request"]]
+    if ours32 is not None and floors:
+        cheapest = min(floors, key=lambda f: f["server_cpu_us_per_request"])
+        out["small_c32_cpu_vs_cheapest_floor"] = _target(
+            _ratio(ours32["server_cpu_us_per_request"], cheapest["server_cpu_us_per_request"]),
+            1.5,
+            higher=False,
+            what="small-mlp, 32 clients: onnxforge server CPU per request / the cheapest "
+            "do-nothing server's",
+            onnxforge_us=ours32["server_cpu_us_per_request"],
+            floor_us=cheapest["server_cpu_us_per_request"],
+            floor_server=cheapest["server"],
+        )
+    ours1, aio1 = find(report, "onnxforge", "small", 1, 1), find(report, "null-aio", "small", 1, 1)
+    if ours1 is not None and aio1 is not None:
+        out["small_c1_p50_vs_null_aio"] = _target(
+            _ratio(ours1["p50_ms"], aio1["p50_ms"]),
+            1.2,
+            higher=False,
+            what="small-mlp, 1 client: onnxforge p50 / the do-nothing grpc.aio server's p50",
+            onnxforge_ms=ours1["p50_ms"],
+            floor_ms=aio1["p50_ms"],
+        )
+    return out
 
 
-def settings(args: argparse.Namespace, cells: list[Cell], waits: list[float]) -> dict[str, Any]:
+def _rows64(report: Report) -> dict[str, Any]:
+    """64-row requests (4 clients): onnxforge rows/s against in-process ONNX Runtime's best."""
+    out: dict[str, Any] = {}
+    rows, c = LOADS[-1]
+    for model in MODELS:
+        ours, ceiling = find(report, "onnxforge", model, rows, c), ort_ceiling(report, model, rows)
+        if ours is None or ceiling is None:
+            continue
+        out[f"{model}_rows64_vs_ort"] = _target(
+            _ratio(ours["rows_per_s"], ceiling["rows_per_s"]),
+            0.85,
+            higher=True,
+            what=f"{MODELS[model]}, {rows}-row requests, {c} clients: onnxforge rows/s / ONNX "
+            f"Runtime in-process rows/s at batch {rows} (its best thread count: "
+            f"{ceiling['threads'] or 'default'})",
+            onnxforge=ours["rows_per_s"],
+            ort=ceiling["rows_per_s"],
+        )
+    return out
+
+
+def settings(args: argparse.Namespace, cells: list[Cell], waits: list[float]) -> Report:
     return {
         "rounds": args.rounds,
         "duration_s": args.duration,
         "warmup_s": args.warmup,
-        "concurrency": args.concurrency,
-        "rows64_concurrency": args.rows64_concurrency,
-        "intra_op_num_threads": args.threads,
-        "two_client_processes_from_concurrency": args.two_clients_from or None,
-        "client": "grpc.aio, closed loop, one channel per client process and server, "
-        "prebuilt raw-contents request bytes, answers not decoded",
-        "order": "every cell once per round, shuffled each round",
+        "ort_duration_s": min(args.duration, args.ort_duration),
+        "loads": [{"rows": rows, "concurrency": c} for rows, c in LOADS],
+        "servers": args.servers,
+        "client": "one asyncio process, grpc.aio, closed loop, one channel per server, "
+        "prebuilt request bytes, answers not decoded",
+        "order": "servers alternate between rounds (forward, then backward); medians of rounds",
+        "server_cpu": "user+system CPU of the server's process tree over each measured window",
         "quiet_cores": args.quiet_cores,
         "quiet_wait_s_total": round(sum(waits), 1),
         "max_others_cores": args.max_others,
         "retries": args.retries,
         "discarded_noisy_attempts": sum(c.discarded for c in cells),
-        "sustain_s": args.sustain,
         "quick": args.quick,
     }
 
 
-def models_section(
-    repo: Path, payloads: dict[tuple[str, int], bytes], responses: dict[tuple[str, int], bytes]
-) -> dict[str, Any]:
-    return {
-        key: {
-            "name": MODELS[key],
-            "file_bytes": (repo / MODELS[key] / "1" / "model.onnx").stat().st_size,
-            "request_bytes": {str(n): len(payloads[(key, n)]) for n in (1, 64)},
-            "response_bytes": {str(n): len(responses[(MODELS[key], n)]) for n in (1, 64)},
-        }
-        for key in MODELS
-    }
-
-
-def _mib(kb: int) -> float:
-    return round(kb / 1024, 1)
-
-
-def memory_under_load(
-    config: str,
+def make_report(
+    args: argparse.Namespace,
+    prepared: Report,
     cells: list[Cell],
-    loaded: dict[str, int],
-    rounds: list[int],
-    final: dict[str, int],
-) -> dict[str, Any]:
-    """A server's RSS: loaded, after every cell and round, at the end; its peak."""
-    rss_cells = [kb for c in cells if c.config == config for kb in c.rss_kb_after]
-    by_kind: dict[str, list[int]] = defaultdict(list)
-    for c in cells:
-        if c.config == config and c.rss_kb_after:
-            by_kind[f"rows{c.rows}_c{c.concurrency}"].append(c.rss_kb_after[-1])
-    served = sum(len(x) for c in cells if c.config == config for x in c.latencies)
-    return {
-        "label": LABELS[config],
-        "rss_mib_loaded": _mib(loaded.get("VmRSS", 0)),
-        "peak_rss_mib_loaded": _mib(loaded.get("VmHWM", 0)),
-        "rss_mib_after_round": [_mib(kb) for kb in rounds],
-        "rss_mib_final": _mib(final.get("VmRSS", 0)),
-        "peak_rss_mib": _mib(final.get("VmHWM", 0)),
-        "rss_mib_min_max_after_cells": [_mib(min(rss_cells)), _mib(max(rss_cells))],
-        "rss_mib_after_last_cell_of_kind": {k: _mib(v[0]) for k, v in sorted(by_kind.items())},
-        "growth_mib_first_to_last_round": _mib(rounds[-1] - rounds[0]),
-        "requests_measured": served,
-        "threads": final.get("Threads"),
-    }
-
-
-def rss_over_empty(memory: dict[str, Any]) -> None:
-    """What loading the models added to an empty server's RSS, in all and per MiB of files."""
-    base = memory["empty_repository"]["rss_mib"]
-    for key, files in (
-        ("on", memory["bench_repository"]["model_file_bytes"]),
-        ("bundled_models", memory["bundled_models"]["model_file_bytes"]),
-    ):
-        rss = memory[key]["rss_mib_loaded" if key == "on" else "rss_mib"]
-        memory[key]["rss_over_empty_mib"] = round(rss - base, 1)
-        memory[key]["rss_over_empty_per_file_mib"] = round((rss - base) / (files / 2**20), 2)
-
-
-def machine() -> dict[str, Any]:
-    info = machine_info()
-    keys = ("cpu_model", "logical_cpus", "usable_cpus", "cgroup_cpu_quota", "cores_to_use")
-    return {key: info[key] for key in (*keys, "platform")}
-
-
-@dataclass
-class Measured:
-    """What the rounds measured, for the report."""
-
-    cells: list[Cell]
-    rss_rounds: dict[str, list[int]]
-    sustained: dict[str, dict[str, Any]]
-    final: dict[str, dict[str, int]]
-    quiet_waits: list[float]  # seconds waited for quiet before each attempt
-
-
-def make_report(args: argparse.Namespace, prepared: dict[str, Any], done: Measured) -> dict:
-    summaries = [summarize(cell) for cell in done.cells]
-    report: dict[str, Any] = {
+    waits: list[float],
+    load: dict[str, Any],
+) -> Report:
+    summaries = [summarize(cell, cell_duration(args, cell)) for cell in cells]
+    per_cell = [s["per_round"]["load_average_1m"] for s in summaries]
+    flat = [value for values in per_cell for value in values]
+    report: Report = {
         "benchmark": "serving",
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine(),
+        "machine": machine_info(),
         "software": software_versions(),
-        "settings": settings(args, done.cells, done.quiet_waits),
-        "models": prepared["models"],
-        "answer_check_max_abs_diff": prepared["answer_check_max_abs_diff"],
-        "cells": [s for s in summaries if s["config"] != "ort"],
-        "ort": [s for s in summaries if s["config"] == "ort"],
+        "load_average": {
+            "before_1_5_15m": [round(v, 2) for v in load["before"]],
+            "after_1_5_15m": [round(v, 2) for v in load["after"]],
+            "cells_1m_min_max": [min(flat), max(flat)] if flat else None,
+        },
+        "settings": settings(args, cells, waits),
+        **prepared,
+        "cells": [s for s in summaries if s["server"] != "ort"],
+        "ort": [s for s in summaries if s["server"] == "ort"],
     }
-    memory = prepared["memory"]
-    memory["bench_repository"] = {
-        "models": list(MODELS.values()),
-        "model_file_bytes": sum(m["file_bytes"] for m in report["models"].values()),
-    }
-    for config in CONFIGS:
-        memory[config] = memory_under_load(
-            config,
-            done.cells,
-            prepared["loaded"][config],
-            done.rss_rounds[config],
-            done.final[config],
-        )
-        if config in done.sustained:
-            memory[config]["sustained"] = done.sustained[config]
-    rss_over_empty(memory)
-    report["memory"] = memory
-    report["targets"] = targets(report)
+    report["targets"] = _against_peers(report) | _floors(report) | _rows64(report)
     return report
+
+
+def cell_duration(args: argparse.Namespace, cell: Cell) -> float:
+    return min(args.duration, args.ort_duration) if cell.server == "ort" else args.duration

@@ -1,9 +1,9 @@
-"""Setting up ``serving.py``'s run: the processes it starts and what it measures at rest.
+"""Setting up ``serving.py``'s run: the model repository, the requests, every server, the
+ONNX Runtime worker and the load process; every server's answers checked against ONNX Runtime.
 
-The model repository built by ``onnxforge build``, the servers' memory with no model and
-with the bundled ``models/``, a fresh process's memory after loading (``memory_probe``), the
-prebuilt requests, the two onnxforge servers (the harness's ``ServerProcess``), (a), the
-answers checked against ONNX Runtime, (b) serving those answers, and the load processes.
+onnxforge runs as a new user gets it (``python -m onnxforge serve REPO``: no tuning flag,
+only free ports); the two do-nothing servers answer onnxforge's real answers (so the same
+bytes); the peers come from ``serving_peers``.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import argparse
 import contextlib
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,22 +19,36 @@ from typing import Any
 
 import numpy as np
 from serving_cells import Rig, Target
-from serving_report import models_section
+from serving_peers import find_peers, peer_software, start_peers
 from serving_workers import (
     METHOD,
     MODELS,
     REQUEST_TIMEOUT_S,
     client_main,
     compute_main,
-    memory_probe,
     null_server_main,
+    null_sync_main,
 )
 
-from onnxforge.bench import ServerProcess, process_status
+from onnxforge.bench import ServerProcess, process_tree_rss_kib
 
 ROOT = Path(__file__).resolve().parent.parent
 INPUT_SEED = 3
 Log = Callable[[str], None]
+# The small model of hot_path.py: session.run of one row takes microseconds, so what a
+# request costs is the server's own path. Serving settings as the wide example has them.
+SMALL_SPEC = """\
+name: small-mlp
+description: 32-64-64-6 MLP, small enough that the server's own path dominates
+input: {name: x, shape: [32], dtype: float32}
+output: {name: probabilities}
+seed: 1
+layers:
+  - {type: dense, units: 64, activation: relu}
+  - {type: dense, units: 64, activation: relu}
+  - {type: dense, units: 6, activation: softmax}
+serving: {max_batch_size: 64, max_queue_delay_us: 500, instances: 1}
+"""
 
 
 @dataclass
@@ -75,44 +88,37 @@ def _join(process: Any) -> None:
         process.join(5)
 
 
-def start_onnxforge(repo: Path, config: str, threads: int) -> Target:
-    """``python -m onnxforge serve`` (the harness's process); batching off for "off"."""
-    extra = ["--host", "127.0.0.1", "--no-build", "--log-level", "info"]
-    if config == "off":
-        extra.append("--no-batching")
-    server = ServerProcess(repo, *extra, threads=threads, cwd=ROOT)
-    return Target(config, server.pid, server.port, lambda: _close(server, 20.0))
+def start_onnxforge(repo: Path) -> Target:
+    """``python -m onnxforge serve REPO`` on free ports (gRPC, HTTP/REST and metrics, as by
+    default), nothing else."""
+    server = ServerProcess(repo, http=True, cwd=ROOT)
+    return Target("onnxforge", server.pid, server.port, lambda: _close(server))
 
 
-def _close(server: ServerProcess, seconds: float) -> None:
-    server.close(seconds)
+def _close(server: ServerProcess) -> None:
+    server.close(20.0)
 
 
-def start_null(processes: Processes, responses: dict[tuple[str, int], bytes]) -> Target:
-    """(b), answering the real answers recorded from onnxforge."""
-    parent, null = processes.start(null_server_main, responses)
+def start_null(processes: Processes, name: str, main: Callable[..., None], given: Any) -> Target:
+    """A do-nothing server in a process of its own."""
+    parent, null = processes.start(main, given)
     if not parent.poll(60):
-        raise RuntimeError("the do-nothing server did not start")
+        raise RuntimeError(f"the {name} server did not start")
 
     def stop() -> None:
         with contextlib.suppress(OSError):
             parent.send("stop")
         _join(null)
 
-    return Target("null", null.pid, parent.recv(), stop)
-
-
-def settle_rss(pid: int, seconds: float = 0.5) -> dict[str, int]:
-    time.sleep(seconds)
-    return process_status(pid)
-
-
-# ----------------------------------------------------------------------------- preparing
+    return Target(name, null.pid, parent.recv(), stop)
 
 
 def build_repository(repo: Path, log: Log) -> dict[str, Path]:
-    """The two examples built fp32 into ``repo`` by ``onnxforge build``; their spec paths."""
-    specs = {key: ROOT / "models" / name / "spec.yaml" for key, name in MODELS.items()}
+    """The small model and the wide example, built fp32 into ``repo``; their spec paths."""
+    (repo / MODELS["small"]).mkdir(parents=True)
+    specs = {"small": repo / MODELS["small"] / "spec.yaml"}
+    specs["wide"] = ROOT / "models" / MODELS["wide"] / "spec.yaml"
+    specs["small"].write_text(SMALL_SPEC)
     build = subprocess.run(
         [sys.executable, "-m", "onnxforge", "build", *map(str, specs.values()), "--variants",
          "fp32", "--repository", str(repo), "--json"],
@@ -124,53 +130,11 @@ def build_repository(repo: Path, log: Log) -> dict[str, Path]:
     return specs
 
 
-def server_memory(folder: Path, threads: int, log: Log) -> dict[str, Any]:
-    """RSS of a server with no model, and with the bundled repository (every variant)."""
-    memory: dict[str, Any] = {}
-    empty = folder / "empty"
-    empty.mkdir()
-    bundled = ROOT / "models"
-    for label, where in (("empty_repository", empty), ("bundled_models", bundled)):
-        server = start_onnxforge(where, f"memory-{label}", threads)
-        status = settle_rss(server.pid, 1.0)
-        server.close()
-        files = sorted(where.glob("*/[0-9]*/model.onnx"))
-        memory[label] = {
-            "repository": str(where.relative_to(ROOT)) if where == bundled else "(empty)",
-            "models": [f.parent.parent.name for f in files],
-            "model_file_bytes": sum(f.stat().st_size for f in files),
-            "rss_mib": round(status.get("VmRSS", 0) / 1024, 1),
-            "peak_rss_mib": round(status.get("VmHWM", 0) / 1024, 1),
-            "threads": status.get("Threads"),
-        }
-        log(f"RSS with {label.replace('_', ' ')}: {memory[label]['rss_mib']} MiB")
-    return memory
-
-
-def probe_memory(processes: Processes, repo: Path, threads: int, log: Log) -> dict[str, Any]:
-    """What a fresh process holds after loading the repositories (``memory_probe``)."""
-    memory: dict[str, Any] = {}
-    for key, where, sessions in (("probe", repo, True), ("probe_bundled", ROOT / "models", False)):
-        parent, probe = processes.start(memory_probe, str(where), threads, sessions)
-        if not parent.poll(120):
-            probe.kill()
-            raise RuntimeError("the memory probe did not answer")
-        memory[key] = parent.recv()
-        probe.join(10)
-    wide_mib = (repo / MODELS["wide"] / "1" / "model.onnx").stat().st_size / 2**20
-    probe = memory["probe"]
-    probe["wide_file_mib"] = round(wide_mib, 1)
-    probe["per_extra_wide_session_mib"] = round(
-        (probe["two_more_wide_sessions_mib"] - probe["after_runs_mib"]) / 2, 1
-    )
-    log(f"memory probe: {probe}")
-    return memory
-
-
 def make_requests(
     specs: dict[str, Path],
 ) -> tuple[dict[tuple[str, int], np.ndarray], dict[tuple[str, int], bytes]]:
-    """Inputs of 1 and 64 rows per model, and their prebuilt ModelInfer request bytes."""
+    """Inputs of 1 and 64 rows per model, and their prebuilt ModelInfer request bytes
+    (KServe v2, FP32 in raw_input_contents, no outputs named: every output)."""
     from onnxforge.builder.samples import sample_inputs
     from onnxforge.builder.spec import load_spec
     from onnxforge.client import infer_request
@@ -188,64 +152,91 @@ def make_requests(
     return inputs, payloads
 
 
-def check_answers(rig: Rig) -> tuple[dict[tuple[str, int], bytes], dict[str, float]]:
-    """Both onnxforge servers' answers against ONNX Runtime; the answers, the differences."""
+def check_answers(rig: Rig, names: list[str]) -> tuple[dict[tuple[str, int], bytes], dict]:
+    """Every named server's answers against ONNX Runtime; onnxforge's answers, differences."""
     import grpc
 
+    from onnxforge.client import decode_outputs
     from onnxforge.protocol.generated import inference_pb2 as pb
 
     responses: dict[tuple[str, int], bytes] = {}
     check: dict[str, float] = {}
-    for config in ("on", "off"):
-        with grpc.insecure_channel(f"127.0.0.1:{rig.servers[config].port}") as channel:
+    for name in names:
+        with grpc.insecure_channel(f"127.0.0.1:{rig.servers[name].port}") as channel:
             call = channel.unary_unary(METHOD)
             for (model, n), payload in rig.payloads.items():
                 answer = call(payload, timeout=REQUEST_TIMEOUT_S)
                 rig.compute.send(("outputs", MODELS[model], rig.inputs[(model, n)]))
                 expected = rig.compute.recv()
-                decoded = pb.ModelInferResponse.FromString(answer)
-                got = {
-                    t.name: np.frombuffer(raw, "<f4").reshape(t.shape)
-                    for t, raw in zip(decoded.outputs, decoded.raw_output_contents, strict=True)
-                }
-                if set(got) != set(expected):
-                    raise RuntimeError(f"{config} answered outputs {sorted(got)}")
+                got = decode_outputs(pb.ModelInferResponse.FromString(answer))
+                if set(got) != set(expected) or any(got[k].shape != expected[k].shape for k in got):
+                    raise RuntimeError(f"{name} answered {[(k, v.shape) for k, v in got.items()]}")
                 diff = max(float(np.max(np.abs(got[k] - expected[k]))) for k in got)
-                check[f"{config} {model} {n} rows"] = diff
+                check[f"{name} {MODELS[model]} {n} rows"] = diff
                 if diff > 1e-5:
-                    raise RuntimeError(f"{config} {model} {n} rows differs from ORT by {diff}")
-                responses[(MODELS[model], n)] = answer
+                    raise RuntimeError(f"{name} {model} {n} rows differs from ORT by {diff}")
+                if name == "onnxforge":
+                    responses[(MODELS[model], n)] = answer
     return responses, check
+
+
+def _peers(
+    args: argparse.Namespace, repo: Path, folder: Path, processes: Processes, log: Log
+) -> dict[str, Any]:
+    """Start the peers there are environments for; what was started, skipped and why."""
+    found, skipped = find_peers(args.peers, tuple(args.peer_names))
+    files = {name: repo / name / "1" / "model.onnx" for name in MODELS.values()}
+    started, failed = start_peers(found, files, folder / "peers")
+    for name, peer in started.items():
+        processes.servers[name] = Target(name, peer.pid, peer.port, peer.close)
+    skipped |= {name: f"did not start: {why}" for name, why in failed.items()}
+    for name, why in skipped.items():
+        log(f"SKIPPED {name}: {why}")
+    log(f"peers up: {', '.join(f'{n} :{p.port}' for n, p in started.items()) or 'none'}")
+    return {
+        "home": str(args.peers),
+        "started": {name: {"command": p.command, **p.settings} for name, p in started.items()},
+        "skipped": skipped,
+        "software": peer_software(found),
+    }
 
 
 def prepare(
     args: argparse.Namespace, folder: Path, processes: Processes, log: Log
 ) -> tuple[Rig, dict[str, Any]]:
-    """Build, measure memory at rest, start every process; the rig and the report so far."""
+    """Build, start every process, check every answer; the rig and the report so far."""
     repo = folder / "repo"
     specs = build_repository(repo, log)
-    memory = server_memory(folder, args.threads, log)
-    memory |= probe_memory(processes, repo, args.threads, log)
     inputs, payloads = make_requests(specs)
-    for config in ("off", "on"):
-        processes.servers[config] = start_onnxforge(repo, config, args.threads)
-    loaded = {c: settle_rss(processes.servers[c].pid, 0.5) for c in ("off", "on")}
-    log(
-        f"onnxforge servers up: {', '.join(f'{c} :{s.port}' for c, s in processes.servers.items())}"
-    )
+    (folder / "peers").mkdir()
+    peers = _peers(args, repo, folder, processes, log)
+    processes.servers["onnxforge"] = start_onnxforge(repo)
     compute, process = processes.worker(compute_main, str(repo))
-    rig = Rig(processes.servers, [], compute, process.pid, payloads, inputs)
-    # The real answers: checked against ONNX Runtime, then served by the do-nothing server.
-    responses, check = check_answers(rig)
-    log(f"answers checked against ONNX Runtime (max abs diff {max(check.values()):.1e})")
-    processes.servers["null"] = start_null(processes, responses)
-    loaded["null"] = settle_rss(processes.servers["null"].pid, 0.3)
-    for _ in range(2 if args.two_clients_from else 1):
-        rig.clients.append(processes.worker(client_main)[0])
+    rig = Rig(processes.servers, None, compute, process.pid, payloads, inputs)
+    checked = [name for name in processes.servers]
+    responses, check = check_answers(rig, checked)
+    log(f"answers of {', '.join(checked)} checked against ONNX Runtime "
+        f"(max abs diff {max(check.values()):.1e})")  # fmt: skip
+    processes.servers["null-aio"] = start_null(processes, "null-aio", null_server_main, responses)
+    by_request = {payloads[(m, n)]: responses[(MODELS[m], n)] for m, n in payloads}
+    processes.servers["null-sync"] = start_null(processes, "null-sync", null_sync_main, by_request)
+    rig.client = processes.worker(client_main)[0]
     report = {
-        "models": models_section(repo, payloads, responses),
-        "answer_check_max_abs_diff": max(check.values()),
-        "memory": memory,
-        "loaded": loaded,
+        "models": {
+            key: {
+                "name": MODELS[key],
+                "file_bytes": (repo / MODELS[key] / "1" / "model.onnx").stat().st_size,
+                "request_bytes": {str(n): len(payloads[(key, n)]) for n in (1, 64)},
+                "response_bytes": {str(n): len(responses[(MODELS[key], n)]) for n in (1, 64)},
+            }
+            for key in MODELS
+        },
+        "answer_check_max_abs_diff": check,
+        "peers": peers,
+        "rss_mib_loaded": {
+            name: round(process_tree_rss_kib(t.pid) / 1024, 1) for name, t in rig.servers.items()
+        },
+        "onnxforge_command": "python -m onnxforge serve REPOSITORY --port 0 --metrics-port 0 "
+        "--http-port 0",
     }
     return rig, report

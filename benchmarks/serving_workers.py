@@ -2,33 +2,33 @@
 
 Each runs in a process of its own (``multiprocessing`` spawn), driven over a pipe:
 
-- ``null_server_main``: (b), the do-nothing gRPC server;
+- ``null_server_main``: the do-nothing ``grpc.aio`` server (the generated service);
+- ``null_sync_main``: the do-nothing thread-pool ``grpc.server`` (bytes in, bytes out);
 - ``client_main``: the load generator, one closed-loop cell per command (the harness's
   driver, ``onnxforge.bench.drive``, sending prebuilt request bytes);
-- ``compute_main``: (a), ``session.run`` in-process with the server's session options;
-- ``memory_probe``: what loading the repository with the server's ``Registry`` leaves resident.
+- ``compute_main``: ONNX Runtime in-process, ``session.run`` one call after the other.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from onnxforge.bench import Load, drive, process_status
+from onnxforge.bench import Load, drive
 
 METHOD = "/inference.GRPCInferenceService/ModelInfer"
 MESSAGE_BYTES = 64 * 1024 * 1024
 REQUEST_TIMEOUT_S = 30.0
-MODELS = {"small": "digits-mlp", "wide": "wide-mlp"}
+MODELS = {"small": "small-mlp", "wide": "wide-mlp"}
 
 
 def null_server_main(responses: dict[tuple[str, int], bytes], conn: Any) -> None:
-    """(b): the same generated service; ModelInfer answers a precomputed response."""
+    """``grpc.aio`` with the generated service; ModelInfer answers a precomputed response
+    (by model name and rows), with onnxforge's server options."""
     import grpc
 
     from onnxforge.protocol.generated import inference_pb2 as pb
@@ -63,6 +63,40 @@ def null_server_main(responses: dict[tuple[str, int], bytes], conn: Any) -> None
         await server.stop(1)
 
     asyncio.run(run())
+
+
+def null_sync_main(responses: dict[bytes, bytes], conn: Any) -> None:
+    """A thread-pool ``grpc.server`` answering precomputed response bytes, the cheapest
+    Python gRPC server: no message is parsed; ``responses`` maps request bytes to answer
+    bytes, and the answer is chosen by the request's size (every request of a run has a
+    size of its own: model and rows)."""
+    from concurrent import futures
+
+    import grpc
+
+    by_size = {len(request): answer for request, answer in responses.items()}
+
+    def infer(request: bytes, context: Any) -> bytes:
+        return by_size[len(request)]
+
+    handler = grpc.method_handlers_generic_handler(
+        "inference.GRPCInferenceService",
+        {"ModelInfer": grpc.unary_unary_rpc_method_handler(infer)},  # bytes in, bytes out
+    )
+    server = grpc.server(
+        futures.ThreadPoolExecutor(8),
+        options=[
+            ("grpc.max_receive_message_length", MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MESSAGE_BYTES),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    conn.send(port)
+    conn.poll(86400)
+    server.stop(1)
 
 
 class _Channels:
@@ -134,8 +168,8 @@ def client_main(conn: Any) -> None:
 def _session(repo: str, model: str, threads: int) -> Any:
     import onnxruntime as ort
 
-    options = ort.SessionOptions()  # exactly what the server's registry sets
-    options.intra_op_num_threads = threads
+    options = ort.SessionOptions()  # ONNX Runtime's defaults (spinning on) ...
+    options.intra_op_num_threads = threads  # ... but the thread count (0: its own choice)
     options.log_severity_level = 3
     path = str(Path(repo) / model / "1" / "model.onnx")
     return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
@@ -161,7 +195,7 @@ def _time_runs(
 
 
 def compute_main(repo: str, conn: Any) -> None:
-    """(a): ``session.run`` in a process of its own, with the server's session options."""
+    """ONNX Runtime in-process: ``session.run`` in a process of its own, one call at a time."""
     sessions: dict[tuple[str, int], Any] = {}
 
     def session(model: str, threads: int) -> Any:
@@ -181,45 +215,3 @@ def compute_main(repo: str, conn: Any) -> None:
             continue
         _, model, threads, rows, start, warmup, duration = message
         conn.send(_time_runs(session(model, threads), rows, start, warmup, duration))
-
-
-def _rss_mib() -> float:
-    return process_status(os.getpid()).get("VmRSS", 0) / 1024
-
-
-def memory_probe(repo: str, threads: int, sessions: bool, conn: Any) -> None:
-    """What the server's model loading leaves resident, measured in a fresh process.
-
-    Loads the repository with the server's own ``Registry`` (as ``onnxforge serve`` does), then
-    asks glibc to return freed heap pages (``malloc_trim``): what remains is what the sessions
-    hold. Then runs 64-row batches and two more sessions of the wide model, to show the cost
-    of a session (once per loaded model, not per request or batch).
-    """
-    import ctypes
-    import gc
-
-    from onnxforge.server.registry import Registry
-
-    trim = ctypes.CDLL("libc.so.6").malloc_trim
-    out = {"imports_mib": _rss_mib()}
-    registry = Registry(Path(repo), threads=threads, build_missing=False)
-    asyncio.run(registry.load_all())
-    out["loaded_mib"] = _rss_mib()
-    gc.collect()
-    trim(0)
-    out["loaded_after_malloc_trim_mib"] = _rss_mib()
-    if sessions:
-        for name in MODELS.values():
-            version = registry.get(name)
-            width = version.inputs["x"].shape[1]
-            rows = np.ones((64, width), np.float32)
-            for _ in range(50):
-                version.run({"x": rows}, list(version.outputs))
-        out["after_runs_mib"] = _rss_mib()
-        extra = []
-        for _ in range(2):
-            extra.append(_session(repo, MODELS["wide"], threads))
-            gc.collect()
-            trim(0)
-        out["two_more_wide_sessions_mib"] = _rss_mib()
-    conn.send({key: round(value, 1) for key, value in out.items()})
