@@ -469,3 +469,12 @@ def test_worker_node_killed_under_load(served: Served, tmp_path: Path) -> None:
     head = served.cluster.head_node.node_id
     assert back.node != lost.node and head.startswith(back.node)
     settled(served, load, requests, back, "worker node killed")
+
+
+def test_sigterm_drains_every_replica_and_exits_0(served: Served) -> None:
+    """Last: the driver's SIGTERM stops every replica (drained) and ends their processes."""
+    pids = [replica.pid for replica in served.replicas().values()]
+    assert served.ray.stop(WAIT) == 0, served.ray.output[-4000:]
+    assert "ray: shutting down: every replica finishes its in-flight requests" in served.ray.output
+    for pid in pids:
+        wait_until(lambda pid=pid: not Path(f"/proc/{pid}").exists(), f"replica pid {pid} gone")
