@@ -190,8 +190,10 @@ class Batcher:
         """
         request = _Request(inputs, outputs, _rows(inputs), deadline)
         if self._admit(request):
-            self._lead(request)
-            return request.outcome()
+            try:  # a lone request: run it, nothing to gather or hand back
+                return self._run_lone(inputs, outputs, request.rows)
+            finally:
+                self._hand_on()
         event = request.event
         assert event is not None
         if on_cancel is not None:
@@ -277,6 +279,20 @@ class Batcher:
             self._execute(batch)
         finally:
             self._hand_on()
+
+    def _run_lone(self, inputs: Arrays, outputs: Sequence[str], rows: int) -> Results:
+        started = time.monotonic_ns()
+        try:
+            results = self._run(inputs, outputs)
+        except Exception:
+            self._quick_runs = self._quick_rows = 0
+            raise
+        elapsed = time.monotonic_ns() - started
+        if self._inline_ns > 0:
+            self._note(rows, elapsed)
+        if self._on_batch is not None:
+            self._on_batch(BatchStats(1, rows, [0], elapsed))
+        return {name: results[name] for name in outputs}
 
     def _hand_on(self) -> None:
         """Release this run's instance, or pass it to the oldest live queued request."""
