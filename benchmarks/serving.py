@@ -81,6 +81,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--peers", type=Path, default=DEFAULT_HOME,
         help=f"where setup.sh made the peers' environments (default {DEFAULT_HOME}, or "
         "ONNXFORGE_PEERS)")  # fmt: skip
+    add("--serve-arg", dest="serve_args", action="append", default=[],
+        help="an `onnxforge serve` argument to add (repeatable; none by default: the "
+        "defaults as a new user gets them)")  # fmt: skip
     add("--json", type=Path, default=here / "serving.json")
     add("--plot", type=Path, default=here / "serving.png", help="'' for none")
     add(
@@ -139,7 +142,7 @@ def run_rounds(cells: list[Cell], rig: Rig, args: argparse.Namespace, log: Log) 
     """Every cell once per round; servers (and ONNX Runtime alone) in an order that
     alternates between rounds, so drift in the machine's load hits all alike."""
     noise = Noise(args.quiet_wait, args.retry_budget)
-    groups = ["ort", *(name for name in SERVERS if name in rig.servers)]
+    groups = [name for name in ("ort", *SERVERS) if any(c.server == name for c in cells)]
     log(f"{len(cells)} cells x {args.rounds} round(s): {args.warmup:g} s warm-up + "
         f"{args.duration:g} s each ({args.ort_duration:g} s in-process)")  # fmt: skip
     for index in range(args.rounds):

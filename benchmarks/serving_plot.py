@@ -45,9 +45,13 @@ def _panel(ax: Any, report: Report, model: str, key: str, label: str) -> None:
         ceiling = ort_ceiling(report, model, LOADS[-1][0])
         if ceiling is not None:
             x = len(LOADS) - 1
-            ax.hlines(ceiling["rows_per_s"], x - 0.45, x + 0.45, colors="k", linestyles=":")
-            ax.text(x, ceiling["rows_per_s"] * 1.1, "ORT in-process, batch 64", ha="center",
-                    fontsize=7)  # fmt: skip
+            ax.hlines(
+                ceiling["rows_per_s"], x - 0.45, x + 0.45, colors="k", linestyles=":", zorder=3
+            )
+            text = f"ORT in-process, batch 64: {ceiling['rows_per_s']:,.0f}"
+            box = {"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 1}
+            where = (x + 0.45, ceiling["rows_per_s"] * 1.15)
+            ax.text(*where, text, ha="right", va="bottom", fontsize=7, bbox=box)
     ax.set_yscale("log")
     bottom, top = ax.get_ylim()
     ax.set_ylim(bottom, top * 4)

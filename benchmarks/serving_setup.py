@@ -88,10 +88,10 @@ def _join(process: Any) -> None:
         process.join(5)
 
 
-def start_onnxforge(repo: Path) -> Target:
+def start_onnxforge(repo: Path, extra: list[str]) -> Target:
     """``python -m onnxforge serve REPO`` on free ports (gRPC, HTTP/REST and metrics, as by
-    default), nothing else."""
-    server = ServerProcess(repo, http=True, cwd=ROOT)
+    default), nothing else unless ``extra`` (``--serve-arg``) says so."""
+    server = ServerProcess(repo, *extra, http=True, cwd=ROOT)
     return Target("onnxforge", server.pid, server.port, lambda: _close(server))
 
 
@@ -210,7 +210,7 @@ def prepare(
     inputs, payloads = make_requests(specs)
     (folder / "peers").mkdir()
     peers = _peers(args, repo, folder, processes, log)
-    processes.servers["onnxforge"] = start_onnxforge(repo)
+    processes.servers["onnxforge"] = start_onnxforge(repo, args.serve_args)
     compute, process = processes.worker(compute_main, str(repo))
     rig = Rig(processes.servers, None, compute, process.pid, payloads, inputs)
     checked = [name for name in processes.servers]
@@ -236,7 +236,11 @@ def prepare(
         "rss_mib_loaded": {
             name: round(process_tree_rss_kib(t.pid) / 1024, 1) for name, t in rig.servers.items()
         },
-        "onnxforge_command": "python -m onnxforge serve REPOSITORY --port 0 --metrics-port 0 "
-        "--http-port 0",
+        "onnxforge_command": " ".join(
+            [
+                "python -m onnxforge serve REPOSITORY --port 0 --metrics-port 0 --http-port 0",
+                *args.serve_args,
+            ]
+        ),
     }
     return rig, report
