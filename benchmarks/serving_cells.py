@@ -151,7 +151,7 @@ def summarize(cell: Cell, duration: float) -> dict[str, Any]:
     per_round: dict[str, list[Any]] = {
         key: []
         for key in ("requests_per_s", "p50_ms", "p99_ms", "server_cpu_us_per_request",
-                    "server_cores", "others_cores", "load_average_1m", "errors")
+                    "server_cores", "client_cores", "others_cores", "load_average_1m", "errors")
     }  # fmt: skip
     for attempt in cell.rounds:
         p50, p99 = percentiles_ms(attempt.latencies, (50, 99))
@@ -163,6 +163,7 @@ def summarize(cell: Cell, duration: float) -> dict[str, Any]:
                 round(1e6 * attempt.server_cpu_s / attempt.requests, 1)
             )
         per_round["server_cores"].append(round(attempt.server_cpu_s / duration, 2))
+        per_round["client_cores"].append(round(attempt.client_cpu_s / duration, 2))
         per_round["others_cores"].append(round(attempt.others_cpu_s / duration, 2))
         per_round["load_average_1m"].append(round(attempt.load_average, 2))
         per_round["errors"].append(attempt.errors)
@@ -190,6 +191,8 @@ def summarize(cell: Cell, duration: float) -> dict[str, Any]:
     if cell.server != "ort":
         out["server_cpu_us_per_request"] = _median(per_round["server_cpu_us_per_request"])
         out["server_cores"] = _median(per_round["server_cores"])
+        out["client_cores"] = _median(per_round["client_cores"])  # the load process's CPU
+        out["others_cores"] = _median(per_round["others_cores"])
     first = next((a.first_error for a in cell.rounds if a.first_error), None)
     if first:
         out["first_error"] = first
