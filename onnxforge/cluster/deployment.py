@@ -124,11 +124,23 @@ class Deployment:
         """Probe every replica; start and wire one that Ray restarted; rewire on a change."""
         changed = False
         now = time.monotonic()
+        back = []
         for member in self.members:
             changed |= self._probe(member, now)
-            changed |= self._finish_start(member)
-        if changed:
+            if self._finish_start(member):
+                back.append(member)
+        if changed or back:
             self._wire()
+        for member in back:  # said once wired: from now on a load reaches it too
+            assert member.info is not None
+            log.info(
+                "replica %d is back: pid %d on node %s, control %s (restart %d)",
+                member.index,
+                member.info.pid,
+                member.info.node_id[:12],
+                member.info.control,
+                member.restarts,
+            )
 
     def stop(self, grace: float) -> None:
         """Drain every replica, then end the actors (no restart)."""
@@ -194,16 +206,10 @@ class Deployment:
                 ray.get(member.handle.match.remote(models), timeout=CALL_SECONDS)
         except RayError as error:
             log.warning("replica %d: restart failed (%s); trying again", member.index, error)
+            # start() is idempotent: the next round matches the models again.
+            member.starting = member.handle.start.remote(self.port, self.http_port)
             return False
         member.info = info
-        log.info(
-            "replica %d is back: pid %d on node %s, control %s (restart %d)",
-            member.index,
-            info.pid,
-            info.node_id[:12],
-            info.control,
-            member.restarts,
-        )
         return True
 
     def _serving_models(self, exclude: _Replica | None) -> list[str] | None:

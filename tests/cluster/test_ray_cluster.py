@@ -440,6 +440,35 @@ class Load:
         return tally
 
 
+def test_a_restarted_replica_serves_what_the_others_serve(served: Served) -> None:
+    """A model unloaded before a replica died stays unloaded in the process Ray restarts."""
+    with InferenceClient(served.url) as client:
+        client.unload("tiny-fp16")
+        old = served.replicas()[0]
+        os.kill(old.pid, signal.SIGKILL)
+        back = wait_until(
+            lambda: (r := served.replicas().get(0)) and r.pid != old.pid and r,
+            "replica 0 restarted by Ray",
+            WAIT,
+        )
+
+        def ready_alone(control: str, model: str) -> bool:
+            answer = alone(control, pb.ModelReadyRequest(name=model), "ModelReady")
+            return bool(answer.ready)
+
+        assert ready_alone(back.control, "tiny") is True
+        assert ready_alone(back.control, "tiny-fp16") is False
+        index = alone(back.control, pb.RepositoryIndexRequest(), "RepositoryIndex")
+        assert {(m.name, m.state) for m in index.models} == {
+            ("tiny", "READY"),
+            ("tiny-fp16", "UNAVAILABLE"),
+        }
+        # Wired again: a load through the public port reaches the restarted replica too.
+        client.load("tiny-fp16")
+        for replica in served.replicas().values():
+            assert ready_alone(replica.control, "tiny-fp16") is True, replica
+
+
 def test_worker_node_killed_under_load(served: Served, tmp_path: Path) -> None:
     """The worker node's raylet and processes killed outright (last: the cluster keeps one node).
 
