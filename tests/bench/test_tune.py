@@ -171,7 +171,8 @@ def test_plot_without_matplotlib_fails_before_measuring(
     result = run_cli("tune", "tiny", "-r", repository, "--plot", tmp_path / "tune.png")
     assert result.code == 2 and result.out == ""
     assert result.err.strip().splitlines() == [
-        "onnxforge: error: --plot needs matplotlib: pip install -e '.[bench]'"
+        "onnxforge: error: --plot needs matplotlib: pip install -e '.[bench]' "
+        "(or pip install matplotlib)"
     ]
     assert not (tmp_path / "tune.png").exists()
 
