@@ -100,16 +100,9 @@ class Deployment:
         ]
         for member, ref in zip(self.members[1:], started, strict=True):
             member.info = self._call(ref, "start")
-        for member in self.members:
-            assert member.info is not None
-            log.info(
-                "replica %d: pid %d on node %s, control %s",
-                member.index,
-                member.info.pid,
-                member.info.node_id[:12],
-                member.info.control,
-            )
         self._wire()
+        for member in self.members:
+            _say(member, "")
         return self.port
 
     def models(self) -> int:
@@ -132,15 +125,7 @@ class Deployment:
         if changed or back:
             self._wire()
         for member in back:  # said once wired: from now on a load reaches it too
-            assert member.info is not None
-            log.info(
-                "replica %d is back: pid %d on node %s, control %s (restart %d)",
-                member.index,
-                member.info.pid,
-                member.info.node_id[:12],
-                member.info.control,
-                member.restarts,
-            )
+            _say(member, f" is back (restart {member.restarts})")
 
     def stop(self, grace: float) -> None:
         """Drain every replica, then end the actors (no restart)."""
@@ -261,3 +246,17 @@ def _last_line(error: BaseException) -> str:
 def live_nodes() -> list[dict[str, Any]]:
     nodes: list[dict[str, Any]] = ray.nodes()  # type: ignore[no-untyped-call]
     return [node for node in nodes if node["Alive"]]
+
+
+def _say(member: _Replica, what: str) -> None:
+    """``replica I[ is back (restart N)]: pid P on node N, control HOST:PORT`` (tests read it)."""
+    info = member.info
+    assert info is not None
+    log.info(
+        "replica %d%s: pid %d on node %s, control %s",
+        member.index,
+        what,
+        info.pid,
+        info.node_id[:12],
+        info.control,
+    )

@@ -48,8 +48,10 @@ from tests.helpers import mlp_document, wait_until
 SCRIPT = Path(__file__).with_name("triton_cluster.py")
 TOKEN = "cluster-test-internal-token"
 WAIT = 60.0  # bound on every wait for the cluster; no test depends on timing
-REPLICA = re.compile(r"replica (\d+): pid (\d+) on node (\w+), control ([\d.]+:\d+)")
-BACK = re.compile(r"replica (\d+) is back: pid (\d+) on node (\w+), control ([\d.]+:\d+)")
+# "replica 1: pid ..." when started, "replica 1 is back (restart 2): pid ..." after a restart.
+REPLICA = re.compile(
+    r"replica (\d+)(?: is back \(restart \d+\))?: pid (\d+) on node (\w+), control ([\d.]+:\d+)"
+)
 
 pytestmark = [
     pytest.mark.skipif(
@@ -92,11 +94,10 @@ class Served:
         """Each replica's current process, from the driver's lines (the latest wins)."""
         found: dict[int, Replica] = {}
         for line in list(self.ray.lines):
-            for pattern in (REPLICA, BACK):
-                match = pattern.search(line)
-                if match:
-                    index, pid, node, control = match.groups()
-                    found[int(index)] = Replica(int(index), int(pid), node, control)
+            match = REPLICA.search(line)
+            if match:
+                index, pid, node, control = match.groups()
+                found[int(index)] = Replica(int(index), int(pid), node, control)
         return found
 
 
