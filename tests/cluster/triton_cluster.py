@@ -43,7 +43,7 @@ except ImportError as error:  # the test skips before it gets here; say why anyw
 MODEL = "tiny"
 VARIANT = "tiny-fp16"
 WAIT = 60.0  # seconds; a bound for a hung call, not a timing expectation
-THREADS = 8
+THREADS = 16  # connections: all 16 on one of two replicas has odds 2 in 65,536
 RETRIES = 30  # with the back-off: about 25 s of retrying
 BACKOFF = 0.02  # seconds before the first retry; doubled each time up to 1 s
 
