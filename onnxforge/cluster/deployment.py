@@ -77,6 +77,12 @@ class Deployment:
         )
         if not nodes:
             raise DeploymentError("the Ray cluster has no live node")
+        free = float(ray.available_resources().get("CPU", 0.0))  # type: ignore[no-untyped-call]
+        if free < self.replicas * self.cpus:  # else Ray would wait for CPUs, maybe forever
+            raise DeploymentError(
+                f"{self.replicas} replicas of {self.cpus:g} CPUs need {self.replicas * self.cpus:g}"
+                f" free CPUs; the cluster has {free:g} (fewer --replicas or --replica-cpus)"
+            )
         actor = ray.remote(ReplicaServer)
         for index in range(self.replicas):
             node_id = nodes[index % len(nodes)]["NodeID"]

@@ -470,6 +470,25 @@ def test_a_restarted_replica_serves_what_the_others_serve(served: Served) -> Non
             assert ready_alone(replica.control, "tiny-fp16") is True, replica
 
 
+def test_more_replicas_than_free_cpus_is_one_error(served: Served, tmp_path: Path) -> None:
+    """A second serve on the cluster asking for more CPUs than are free: refused at once."""
+    with pytest.raises(ServerError, match=r"need 20 free CPUs; the cluster has \d"):
+        ServerProcess(
+            served.repository,
+            "--ray",
+            served.cluster.address,
+            "--replicas",
+            "20",
+            "--ray-namespace",
+            "another",
+            threads=1,
+            metrics=False,
+            pattern=SERVING,
+            cwd=REPO_ROOT,
+            start_seconds=WAIT,
+        )
+
+
 def test_worker_node_killed_under_load(served: Served, tmp_path: Path) -> None:
     """The worker node's raylet and processes killed outright (last: the cluster keeps one node).
 
