@@ -30,7 +30,6 @@ from onnxforge.server.app import Settings
 
 log = logging.getLogger("onnxforge.cluster")
 
-NAMESPACE = "onnxforge"
 PROBE_SECONDS = 2.0  # a replica that does not answer its probe in this long counts as down
 CALL_SECONDS = 120.0  # starting a replica may build and open large models
 
@@ -72,7 +71,7 @@ class Deployment:
     def start(self) -> int:
         """Place and start every replica, wire them; returns the public port."""
         nodes = sorted(
-            (node for node in live_nodes()),
+            live_nodes(),
             key=lambda node: (not node.get("IsHeadNode", False), node["NodeID"]),
         )
         if not nodes:
