@@ -39,7 +39,7 @@ def cell_row(cell: Report) -> list[str]:
 def _print_cells(report: Report) -> None:
     print("\nclosed loop, median of rounds; req/s (rows/s); server CPU over its process tree")
     columns = ["model", "load", "server", "req/s (rows/s)", "p50 ms", "p99 ms"]
-    columns += ["server CPU us/req", "errors"]
+    columns += ["server CPU us/req", "errors", "others' cores"]
     rows = []
     for model in ("small", "wide"):
         for rows_per, c in LOADS:
@@ -47,17 +47,51 @@ def _print_cells(report: Report) -> None:
                 cell = find(report, server, model, rows_per, c)
                 if cell is not None:
                     name = cell["model_name"]
-                    rows.append([name, load_name(rows_per, c), LABELS[server], *cell_row(cell)])
+                    others = number(cell["others_cores"], 2)
+                    rows.append(
+                        [name, load_name(rows_per, c), LABELS[server], *cell_row(cell), others]
+                    )
     print_table(columns, rows)
 
 
+def _side_by_side_cell(cell: Report | None, measure: str) -> str:
+    if cell is None:
+        return "-"
+    if measure == "req/s (rows/s)":
+        return cell_row(cell)[0]
+    if measure == "p50 / p99 ms":
+        return f"{number(cell['p50_ms'], 2)} / {number(cell['p99_ms'], 2)}"
+    if measure == "server CPU us/req":
+        return number(cell["server_cpu_us_per_request"])
+    return str(cell["errors"])
+
+
+def print_side_by_side(report: Report) -> None:
+    """One column per server, as the serving issue's table: the README's table."""
+    servers = [s for s in SERVERS if any(c["server"] == s for c in report["cells"])]
+    measures = ["req/s (rows/s)", "p50 / p99 ms", "server CPU us/req"]
+    if any(c["errors"] for c in report["cells"]):
+        measures.append("errors")
+    rows = []
+    for model in ("small", "wide"):
+        for rows_per, c in LOADS:
+            cells = [find(report, server, model, rows_per, c) for server in servers]
+            name = next(cell["model_name"] for cell in cells if cell is not None)
+            for measure in measures:
+                where = f"{name}, {load_name(rows_per, c)}: {measure}"
+                rows.append([where, *(_side_by_side_cell(cell, measure) for cell in cells)])
+    print("\nside by side (medians of rounds)")
+    print_table(["", *servers], rows)
+
+
 def _print_targets(report: Report) -> None:
-    print("\ntargets of the serving issue (this run)")
+    print("\ntargets of the serving issue (this run; per round where both were measured)")
     rows = [
-        [name, number(t["value"], 2), t["target"], {True: "yes", False: "NO", None: "-"}[t["met"]]]
+        [name, number(t["value"], 2), t["target"], {True: "yes", False: "NO", None: "-"}[t["met"]],
+         ", ".join(number(v, 2) for v in t.get("per_round", [])) or "-"]
         for name, t in report["targets"].items()
-    ]
-    print_table(["target", "value", "rule", "met"], rows)
+    ]  # fmt: skip
+    print_table(["target", "value", "rule", "met", "per round"], rows)
 
 
 def print_report(report: Report) -> None:
@@ -77,5 +111,6 @@ def print_report(report: Report) -> None:
         print(f"{name}: {shown}")
     _print_ort(report)
     _print_cells(report)
+    print_side_by_side(report)
     _print_targets(report)
     sys.stdout.flush()

@@ -43,6 +43,12 @@ def _target(value: float | None, bound: float, higher: bool, what: str, **detail
     return {"what": what, "value": value, "target": f"{rule} {bound}", "met": met, **detail}
 
 
+def _per_round(ours: Report, theirs: Report, key: str = "requests_per_s") -> list[float | None]:
+    """The ratio round by round (the two were measured in the same round)."""
+    pairs = zip(ours["per_round"][key], theirs["per_round"][key], strict=False)
+    return [_ratio(a, b) for a, b in pairs]
+
+
 def _best_mlserver(report: Report, model: str, rows: int, c: int) -> Report | None:
     """MLServer's better configuration (adaptive batching or not) for this cell."""
     cells = [find(report, s, model, rows, c) for s in ("mlserver", "mlserver-batching")]
@@ -79,6 +85,7 @@ def _against_peers(report: Report) -> dict[str, Any]:
                 onnxforge=rps,
                 peer=theirs["requests_per_s"],
                 peer_server=theirs["server"],
+                per_round=_per_round(ours, theirs),
             )
     return out
 
