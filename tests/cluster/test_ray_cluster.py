@@ -379,6 +379,8 @@ def settled(
     of the load was answered right (at once, or after UNAVAILABLE)."""
     with InferenceClient(back.control) as client:
         got = client.infer("tiny", {"x": served.x})
+    with InferenceClient(served.url) as client:  # every replica ready again, as one server
+        assert client.ready() is True and client.ready("tiny") is True
     np.testing.assert_allclose(
         next(iter(got.values())), expected(served.repository, served.x), rtol=1e-5, atol=1e-6
     )
