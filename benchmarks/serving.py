@@ -1,6 +1,6 @@
 """onnxforge side by side with do-nothing gRPC servers, MLServer and KServe's ModelServer.
 
-    python benchmarks/serving.py            # the committed run, about 7 minutes on 2 cores
+    python benchmarks/serving.py            # the committed run, about 8 minutes on 2 cores
     python benchmarks/serving.py --quick    # about 2 minutes: 1 round, shorter cells
 
 In one run on one machine, for a small model (32-64-64-6 MLP: the server's own path is what
@@ -12,9 +12,10 @@ KServe v2 ``ModelInfer`` bytes (FP32 in raw_input_contents) go to:
   request, answers onnxforge's real answer), the first floor;
 - ``null-sync``: a do-nothing thread-pool ``grpc.server``, bytes in and bytes out, the
   cheapest Python gRPC server: the second floor;
-- ``kserve``, ``mlserver``, ``mlserver-batching``: the peers, each from its own virtual
-  environment (``benchmarks/peers/setup.sh``) running the same ONNX file with ONNX Runtime;
-  a peer without an environment is skipped, and the output and the JSON say so.
+- ``kserve``, ``mlserver`` (with and without adaptive batching, with and without its
+  inference worker process): the peers, each from its own virtual environment
+  (``benchmarks/peers/setup.sh``) running the same ONNX file with ONNX Runtime; a peer
+  without an environment is skipped, and the output and the JSON say so.
 
 Closed-loop clients (one asyncio process of their own, ``onnxforge.bench.drive``) send 1-row
 requests 1 and 32 at a time, and 64-row requests 4 at a time. Per cell: requests/s and

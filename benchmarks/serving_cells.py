@@ -22,7 +22,8 @@ from serving_workers import MODELS, REQUEST_TIMEOUT_S
 from onnxforge.bench import machine_busy, percentiles_ms, process_tree_cpu_seconds
 
 #: Every server there may be, in the order of the first round (later rounds alternate).
-SERVERS = ("onnxforge", "null-aio", "null-sync", "kserve", "mlserver", "mlserver-batching")
+SERVERS = ("onnxforge", "null-aio", "null-sync", "kserve", "mlserver", "mlserver-batching",
+           "mlserver-inline", "mlserver-inline-batching")  # fmt: skip
 LABELS = {
     "ort": "ONNX Runtime in-process",
     "onnxforge": "onnxforge serve (defaults)",
@@ -31,6 +32,8 @@ LABELS = {
     "kserve": "KServe ModelServer + ORT",
     "mlserver": "MLServer + ORT",
     "mlserver-batching": "MLServer + ORT, adaptive batching",
+    "mlserver-inline": "MLServer + ORT, no worker process",
+    "mlserver-inline-batching": "MLServer + ORT, no worker process, adaptive batching",
 }
 #: (rows per request, concurrency) of every server cell.
 LOADS = ((1, 1), (1, 32), (64, 4))

@@ -19,6 +19,8 @@ COLORS = {
     "kserve": "#dd8452",
     "mlserver": "#55a868",
     "mlserver-batching": "#8fd19e",
+    "mlserver-inline": "#2d6a3e",
+    "mlserver-inline-batching": "#c2e8c9",
 }
 METRICS = (
     ("rows_per_s", "rows / s (= req/s for 1-row requests), log scale", True),
@@ -72,7 +74,7 @@ def plot(report: Report, path: Path) -> None:
         for column, (key, label, _) in enumerate(METRICS):
             _panel(axes[row][column], report, model, key, label)
     handles, names = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, names, loc="lower center", ncol=len(names), fontsize=9, frameon=False)
+    fig.legend(handles, names, loc="lower center", ncol=4, fontsize=9, frameon=False)
     s, m, load = report["settings"], report["machine"], report["load_average"]
     skipped = ", ".join(report["peers"]["skipped"]) or "none"
     fig.suptitle(
@@ -83,7 +85,7 @@ def plot(report: Report, path: Path) -> None:
         f"cells (min, max); peers skipped: {skipped}",
         fontsize=9.5,
     )
-    fig.tight_layout(rect=(0, 0.04, 1, 0.95))
+    fig.tight_layout(rect=(0, 0.06, 1, 0.95))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -8,6 +8,7 @@ import datetime
 from typing import Any
 
 from serving_cells import LABELS, LOADS, Cell, summarize
+from serving_peers import MLSERVER
 from serving_workers import MODELS
 
 from onnxforge.bench import machine_info, software_versions
@@ -50,14 +51,14 @@ def _per_round(ours: Report, theirs: Report, key: str = "requests_per_s") -> lis
 
 
 def _best_mlserver(report: Report, model: str, rows: int, c: int) -> Report | None:
-    """MLServer's better configuration (adaptive batching or not) for this cell."""
-    cells = [find(report, s, model, rows, c) for s in ("mlserver", "mlserver-batching")]
+    """MLServer's best configuration measured (of batching, worker process) for this cell."""
+    cells = [find(report, s, model, rows, c) for s in MLSERVER]
     present = [cell for cell in cells if cell is not None and cell["requests_per_s"]]
     return max(present, key=lambda cell: cell["requests_per_s"], default=None)
 
 
 def _against_peers(report: Report) -> dict[str, Any]:
-    """Throughput ratios to KServe and MLServer (its better configuration), 1-row requests."""
+    """Throughput ratios to KServe and MLServer (its best configuration), 1-row requests."""
     wants = {  # (model, concurrency): (times KServe, times MLServer)
         ("small", 1): (1.25, 2.0),
         ("small", 32): (1.25, 2.0),
