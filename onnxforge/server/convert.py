@@ -100,6 +100,20 @@ def output_tensors(
         raise InvalidOutput(error.name, error.reason) from None
 
 
+def infer_response(
+    request: pb.ModelInferRequest, model: str, version: str, outputs: Mapping[str, npt.ArrayLike]
+) -> pb.ModelInferResponse:
+    """The answer to ``request``: its outputs raw when its inputs were (as clients expect)."""
+    encoded, raw = output_tensors(outputs, raw=bool(request.raw_input_contents))
+    return pb.ModelInferResponse(
+        model_name=model,
+        model_version=version,
+        id=request.id,
+        outputs=encoded,
+        raw_output_contents=raw,
+    )
+
+
 def output_tensor(name: str, array: npt.ArrayLike, raw: bool) -> tuple[OutputTensor, bytes | None]:
     """Encode one output as (tensor message, little-endian raw bytes or ``None`` if typed)."""
     try:

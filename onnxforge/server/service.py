@@ -173,14 +173,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[mi
         async with self.plane.inference(request.model_name, request.model_version) as call:
             inputs = convert.input_arrays(request)
             outputs = await call.run(messages.infer_request(request, inputs), deadline)
-            tensors, raw = convert.output_tensors(outputs, raw=bool(request.raw_input_contents))
-        return pb.ModelInferResponse(
-            model_name=call.model,
-            model_version=call.version,
-            id=request.id,
-            outputs=tensors,
-            raw_output_contents=raw,
-        )
+            return convert.infer_response(request, call.model, call.version, outputs)
 
     @_answers
     async def ModelInfer(

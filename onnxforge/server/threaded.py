@@ -241,7 +241,7 @@ class ModelInfer:
                 outputs = call.run_blocking(decoded, deadline, context.add_callback)
                 if not context.is_active():  # the client left while its run went on
                     raise RequestCancelled(call.model)
-                tensors, raw = convert.output_tensors(outputs, raw=bool(request.raw_input_contents))
+                return convert.infer_response(request, call.model, call.version, outputs)
         except ServingError as error:
             context.abort(GRPC_STATUS[error.code], error.message)
         except RequestCancelled:
@@ -249,13 +249,7 @@ class ModelInfer:
         except Exception:
             log.exception("unexpected error in ModelInfer")
             context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
-        return pb.ModelInferResponse(
-            model_name=call.model,
-            model_version=call.version,
-            id=request.id,
-            outputs=tensors,
-            raw_output_contents=raw,
-        )
+        raise AssertionError("unreachable")  # abort() always raises
 
     def handler(self) -> grpc.GenericRpcHandler:
         from onnxforge.server.service import _lenient

@@ -77,10 +77,16 @@ def make_repository(folder: Path) -> Path:
     return folder
 
 
-@pytest.fixture(scope="session")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
+# The public gRPC port on its thread pool (the default), and on grpc.aio (--grpc-threads 0):
+# the same answers either way.
+@pytest.fixture(scope="session", params=[64, 0], ids=["grpc-threads", "grpc-aio"])
+def served(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[ServerThread]:
     repository = make_repository(tmp_path_factory.mktemp("served"))
-    settings = Settings(repository=repository, port=0, threads=1, metrics_port=0)
+    settings = Settings(
+        repository=repository, port=0, threads=1, metrics_port=0, grpc_threads=request.param
+    )
     server = ServerThread(settings).start()
     yield server
     server.stop()
