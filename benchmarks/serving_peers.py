@@ -125,6 +125,8 @@ def _spawn(name: str, command: list[str], folder: Path, **settings: Any) -> Peer
             command, cwd=folder, env=env, stdout=out, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, start_new_session=True,
         )  # fmt: skip
+    # The runtimes' one knob (their ONNX Runtime threads); onnxforge does not read it.
+    settings["ORT_INTRA_OP_THREADS"] = os.environ.get("ORT_INTRA_OP_THREADS", "(unset: default)")
     return PeerProcess(name, process, settings["grpc_port"], log, command, settings)
 
 
