@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from hot_path import steal_seconds
 from serving_workers import MODELS, REQUEST_TIMEOUT_S
 
 from onnxforge.bench import machine_busy, percentiles_ms, process_tree_cpu_seconds
@@ -63,6 +64,7 @@ class Attempt:
     client_cpu_s: float
     others_cpu_s: float
     load_average: float  # the 1-minute load average at the start
+    steal_s: float = 0.0  # CPU time the hypervisor gave other guests (all CPUs)
 
     @property
     def requests(self) -> int:
@@ -128,9 +130,9 @@ def run_cell(cell: Cell, rig: Rig, args: argparse.Namespace) -> Attempt:
     conn = _send(cell, rig, start, args)
     pid = rig.compute_pid if cell.server == "ort" else rig.servers[cell.server].pid
     time.sleep(max(0.0, window[0] - time.monotonic()))
-    busy0, cpu0 = machine_busy()[0], process_tree_cpu_seconds(pid)
+    busy0, cpu0, steal0 = machine_busy()[0], process_tree_cpu_seconds(pid), steal_seconds()
     time.sleep(max(0.0, window[1] - time.monotonic()))
-    busy1, cpu1 = machine_busy()[0], process_tree_cpu_seconds(pid)
+    busy1, cpu1, steal1 = machine_busy()[0], process_tree_cpu_seconds(pid), steal_seconds()
     if not conn.poll(args.warmup + duration + REQUEST_TIMEOUT_S + 30):
         raise RuntimeError(f"no answer from the load process for {cell.key}")
     result = conn.recv()
@@ -142,6 +144,7 @@ def run_cell(cell: Cell, rig: Rig, args: argparse.Namespace) -> Attempt:
         client_cpu_s=result["cpu_s"],
         others_cpu_s=max(0.0, (busy1 - busy0) - (cpu1 - cpu0) - result["cpu_s"]),
         load_average=load_average,
+        steal_s=steal1 - steal0,
     )
 
 
@@ -154,7 +157,8 @@ def summarize(cell: Cell, duration: float) -> dict[str, Any]:
     per_round: dict[str, list[Any]] = {
         key: []
         for key in ("requests_per_s", "p50_ms", "p99_ms", "server_cpu_us_per_request",
-                    "server_cores", "client_cores", "others_cores", "load_average_1m", "errors")
+                    "server_cores", "client_cores", "others_cores", "steal_cores",
+                    "load_average_1m", "errors")
     }  # fmt: skip
     for attempt in cell.rounds:
         p50, p99 = percentiles_ms(attempt.latencies, (50, 99))
@@ -168,6 +172,7 @@ def summarize(cell: Cell, duration: float) -> dict[str, Any]:
         per_round["server_cores"].append(round(attempt.server_cpu_s / duration, 2))
         per_round["client_cores"].append(round(attempt.client_cpu_s / duration, 2))
         per_round["others_cores"].append(round(attempt.others_cpu_s / duration, 2))
+        per_round["steal_cores"].append(round(attempt.steal_s / duration, 2))
         per_round["load_average_1m"].append(round(attempt.load_average, 2))
         per_round["errors"].append(attempt.errors)
     rps = _median(per_round["requests_per_s"])
@@ -196,6 +201,7 @@ def summarize(cell: Cell, duration: float) -> dict[str, Any]:
         out["server_cores"] = _median(per_round["server_cores"])
         out["client_cores"] = _median(per_round["client_cores"])  # the load process's CPU
         out["others_cores"] = _median(per_round["others_cores"])
+        out["steal_cores"] = _median(per_round["steal_cores"])
     first = next((a.first_error for a in cell.rounds if a.first_error), None)
     if first:
         out["first_error"] = first

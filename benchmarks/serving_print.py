@@ -102,7 +102,8 @@ def print_report(report: Report) -> None:
         f"use); onnxruntime {software.get('onnxruntime')}, grpcio {software.get('grpcio')}; "
         f"{s['rounds']} round(s) x {s['duration_s']:g} s per cell; load average before "
         f"{load['before_1_5_15m']}, after {load['after_1_5_15m']}, during cells (1 min) "
-        f"{load['cells_1m_min_max']}"
+        f"{load['cells_1m_min_max']}; other processes' cores (median, max) "
+        f"{report['others_cores_median_max']}, hypervisor steal {report['steal_cores_median_max']}"
     )
     for name, why in report["peers"]["skipped"].items():
         print(f"SKIPPED {name}: {why}")

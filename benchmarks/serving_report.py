@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import statistics
 from typing import Any
 
 from serving_cells import LABELS, LOADS, Cell, summarize
@@ -172,8 +173,9 @@ def make_report(
     load: dict[str, Any],
 ) -> Report:
     summaries = [summarize(cell, cell_duration(args, cell)) for cell in cells]
-    per_cell = [s["per_round"]["load_average_1m"] for s in summaries]
-    flat = [value for values in per_cell for value in values]
+    flat = [v for s in summaries for v in s["per_round"]["load_average_1m"]]
+    steal = [v for s in summaries for v in s["per_round"]["steal_cores"]]
+    others = [v for s in summaries for v in s["per_round"]["others_cores"]]
     report: Report = {
         "benchmark": "serving",
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -184,6 +186,9 @@ def make_report(
             "after_1_5_15m": [round(v, 2) for v in load["after"]],
             "cells_1m_min_max": [min(flat), max(flat)] if flat else None,
         },
+        # What other processes and (on a VM) other guests took while cells were measured.
+        "others_cores_median_max": [round(statistics.median(others), 2), max(others)],
+        "steal_cores_median_max": [round(statistics.median(steal), 2), max(steal)],
         "settings": settings(args, cells, waits),
         **prepared,
         "cells": [s for s in summaries if s["server"] != "ort"],
