@@ -20,10 +20,13 @@ request gets back exactly its own rows of exactly the outputs it asked for. An e
 reaches every request of the batch. Cancelled requests are dropped before they are run;
 requests past their deadline are answered DEADLINE_EXCEEDED without running.
 
-A lone event-loop request to a model measured to be quick (once INLINE_AFTER runs in a row
-each took at most ``inline_us``; 0: never) runs on the loop's own thread, sparing the hop
-to a thread and back. One run over ``inline_us`` sends the model back to its threads until
-it has proved quick again: a model that turns slow holds up the loop for that one run.
+A model measured to be quick (once INLINE_AFTER runs in a row each took at most
+``inline_us``; 0: never) is not worth batching: a lone event-loop request to it runs on the
+loop's own thread, sparing the hop to a thread and back, and a blocking caller's request runs
+at once on its own thread, beside any other run (waking and being woken would cost more
+than the run). One run over ``inline_us`` sends the model back to its threads and its
+batches until it has proved quick again: a model that turns slow holds up the loop for that
+one run.
 """
 
 from __future__ import annotations
@@ -166,6 +169,7 @@ class Batcher:
         self._fillings: list[_Filling] = []
         self._closing = False
         self._in_flight = 0  # instances running a batch right now (lone requests included)
+        self._direct = 0  # a quick model's runs on their callers' threads (run_blocking)
         self._inline_ns = inline_us * 1000
         self._quick_runs = 0  # runs in a row that took at most inline_us
         self._quick_rows = 0  # the most rows of those
@@ -188,7 +192,10 @@ class Batcher:
         ``on_cancel(callback)`` registers ``callback`` to be called (from any thread) when
         the caller goes away; the call then raises :class:`RequestCancelled`.
         """
-        request = _Request(inputs, outputs, _rows(inputs), deadline)
+        rows = _rows(inputs)
+        if self._inline(rows):
+            return self._run_direct(inputs, outputs, rows, deadline)
+        request = _Request(inputs, outputs, rows, deadline)
         if self._admit(request):
             try:  # a lone request: run it, nothing to gather or hand back
                 return self._run_lone(inputs, outputs, request.rows)
@@ -279,6 +286,27 @@ class Batcher:
             self._execute(batch)
         finally:
             self._hand_on()
+
+    def _run_direct(
+        self, inputs: Arrays, outputs: Sequence[str], rows: int, deadline: float | None
+    ) -> Results:
+        """A quick model's request on its caller's thread, now, beside any other run.
+
+        Waiting to be batched costs a thread more than such a run: being woken, and waking
+        the others, takes longer than the run itself (``session.run`` may be called from
+        several threads at once).
+        """
+        with self._lock:
+            if self._closing:
+                raise ModelShuttingDown(self.name)
+            if deadline is not None and time.monotonic() >= deadline:
+                raise DeadlineExceeded(self.name)
+            self._direct += 1
+        try:
+            return self._run_lone(inputs, outputs, rows)
+        finally:
+            with self._lock:
+                self._direct -= 1
 
     def _run_lone(self, inputs: Arrays, outputs: Sequence[str], rows: int) -> Results:
         started = time.monotonic_ns()
@@ -396,7 +424,8 @@ class Batcher:
     # ------------------------------------------------------------------ quick models
 
     def _inline(self, rows: int) -> bool:
-        """Whether a lone loop request of ``rows`` runs on the loop's thread."""
+        """Whether the model proved quick for ``rows``: a lone loop request of them runs on
+        the loop's thread, a blocking caller's at once on its own."""
         return self._quick_runs >= INLINE_AFTER and rows <= self._quick_rows
 
     def _note(self, rows: int, elapsed_ns: int) -> None:
@@ -415,7 +444,7 @@ class Batcher:
             self._closing = True
         while True:
             with self._lock:
-                busy = bool(self._queue) or self._in_flight > 0
+                busy = bool(self._queue) or self._in_flight > 0 or self._direct > 0
             if not busy:
                 break
             await asyncio.sleep(0.001)

@@ -356,3 +356,43 @@ def test_a_blocking_caller_past_its_deadline_or_gone_leaves_the_queue_unrun() ->
     assert batcher.queued == 0
     assert gate.batches == [1]  # neither the 7 expired nor the 5 cancelled rows ran
     asyncio.run(batcher.close())
+
+
+def test_a_quick_models_blocking_requests_run_at_once_on_their_own_threads() -> None:
+    """Once INLINE_AFTER runs were quick, a blocking caller runs its request itself, beside
+    a run in progress (no queue, no batch); one slow run brings the batching back."""
+    ran_on: list[int] = []
+    delay = [0.0]
+    gate = threading.Event()
+    gate.set()
+
+    def run(inputs: Mapping[str, np.ndarray], outputs: Sequence[str]) -> dict:
+        ran_on.append(threading.get_ident())
+        gate.wait(10)
+        time.sleep(delay[0])
+        return model(inputs, outputs)
+
+    batcher = Batcher("m", run, max_batch_size=8, max_queue_delay_us=0, inline_us=200_000)
+    for _ in range(INLINE_AFTER):
+        batcher.run_blocking({"x": np.ones((2, 3))}, ["total"])
+    gate.clear()  # the next run holds its instance until the gate opens
+    held = threading.Thread(target=batcher.run_blocking, args=({"x": np.ones((1, 3))}, ["total"]))
+    held.start()
+    wait_until(lambda: len(ran_on) == INLINE_AFTER + 1, "a run in progress")
+    got: dict[str, np.ndarray] = {}
+    beside = threading.Thread(
+        target=lambda: got.update(batcher.run_blocking({"x": np.full((2, 3), 2.0)}, ["total"]))
+    )
+    beside.start()
+    wait_until(lambda: len(ran_on) == INLINE_AFTER + 2, "a second run beside the first")
+    assert batcher.queued == 0  # not queued behind the run in progress
+    assert ran_on[-1] == beside.ident and ran_on[-2] == held.ident
+    gate.set()
+    held.join(10)
+    beside.join(10)
+    assert got["total"][:, 0].tolist() == [6.0, 6.0]
+    delay[0] = 0.25  # over inline_us: the model turned slow
+    batcher.run_blocking({"x": np.ones((1, 3))}, ["total"])
+    delay[0] = 0.0
+    assert not batcher._inline(1)  # batched again until it proves quick once more
+    asyncio.run(batcher.close())
