@@ -6,6 +6,8 @@ gRPC, the data plane, the batcher, statistics and metrics. Three servers answer 
 ``ModelInfer`` bytes:
 
 - ``onnxforge``: ``python -m onnxforge serve`` (the harness's ``ServerProcess``), metrics on;
+- ``onnxforge-aio``: the same with ``--grpc-threads 0`` (gRPC on grpc.aio, every call on the
+  event loop, instead of the thread pool);
 - ``null-aio``: a do-nothing ``grpc.aio`` server answering a canned response (the one of
   ``serving.py``, ``serving_workers.null_server_main``, with onnxforge's server options);
 - ``baseline`` (``--baseline DIR``): onnxforge served from another source tree, to compare
@@ -66,7 +68,7 @@ layers:
   - {{type: dense, units: 6, activation: softmax}}
 serving: {{max_batch_size: 64, max_queue_delay_us: 500, instances: 1}}
 """
-SERVERS = ("onnxforge", "null-aio", "null-sync")
+SERVERS = ("onnxforge", "onnxforge-aio", "null-aio", "null-sync")
 
 
 def null_sync_main(response: bytes, conn: Any) -> None:
@@ -204,6 +206,9 @@ def start_servers(repo: Path, payload: bytes, args: argparse.Namespace) -> dict[
     extra[extra.index("--log-level") + 1] = "info"  # the "serving" line is an info line
     onnxforge = ServerProcess(repo, *extra, threads=args.threads, cwd=ROOT)
     servers: dict[str, Any] = {"onnxforge": (onnxforge.pid, onnxforge.port, onnxforge.close)}
+    if "onnxforge-aio" in args.servers:
+        aio = ServerProcess(repo, *extra, "--grpc-threads", "0", threads=args.threads, cwd=ROOT)
+        servers["onnxforge-aio"] = (aio.pid, aio.port, aio.close)
     if args.baseline is not None:  # the same server from another source tree (cwd first)
         other = ServerProcess(repo, *extra, threads=args.threads, cwd=args.baseline)
         servers["baseline"] = (other.pid, other.port, other.close)

@@ -168,10 +168,10 @@ def limit_options(command: Any) -> Any:
 @click.option(
     "--grpc-threads",
     type=click.IntRange(min=0),
-    default=64,
+    default=16,
     show_default=True,
-    help="Threads of the gRPC port: each call being served and each open stream holds one; "
-    "0 serves gRPC on the event loop (grpc.aio) instead.",
+    help="Threads serving ModelInfer on the gRPC port (streams and other calls have their "
+    "own); 0 serves gRPC on the event loop (grpc.aio) instead.",
 )
 @click.option("--watch", is_flag=True, help="Reload models whose files or spec change.")
 @click.option(

@@ -65,9 +65,9 @@ class Settings:
     # Where the metrics are served when not by this process (a --workers worker: the
     # parent), for the start-up line; None: here, or off.
     metrics_elsewhere: str | None = None
-    # Threads of the public gRPC port (server.threaded): each call being served or open
-    # stream holds one. 0: grpc.aio, every call on the event loop (slower; for comparisons).
-    grpc_threads: int = 64
+    # Threads serving ModelInfer on the public gRPC port (server.threaded; streams and the
+    # other calls have threads of their own). 0: grpc.aio, every call on the event loop.
+    grpc_threads: int = 16
     control_port: bool = False  # also listen on a private port for peer workers
     # Where that private port listens: loopback for --workers; the node's address for the
     # replicas of a Ray cluster (onnxforge.cluster), which are peers across machines.
@@ -179,7 +179,7 @@ async def create_server(settings: Settings) -> Running:
             asyncio.get_running_loop(),
             options=options,
             interceptors=[ThreadedAuth(security)] if security.checks else [],
-            max_workers=settings.grpc_threads,
+            infer_threads=settings.grpc_threads,
             infer=ModelInfer(plane),
         )
     else:

@@ -79,7 +79,7 @@ def make_repository(folder: Path) -> Path:
 
 # The public gRPC port on its thread pool (the default), and on grpc.aio (--grpc-threads 0):
 # the same answers either way.
-@pytest.fixture(scope="session", params=[64, 0], ids=["grpc-threads", "grpc-aio"])
+@pytest.fixture(scope="session", params=[16, 0], ids=["grpc-threads", "grpc-aio"])
 def served(
     tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
 ) -> Iterator[ServerThread]:
