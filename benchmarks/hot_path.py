@@ -13,7 +13,11 @@ gRPC, the data plane, the batcher, statistics and metrics. Three servers answer 
 - ``baseline`` (``--baseline DIR``): onnxforge served from another source tree, to compare
   a change with what it changes;
 - ``null-sync``: the same canned answer from a thread-pool (``grpc.server``) servicer, the
-  cheapest Python gRPC server there is.
+  cheapest Python gRPC server there is;
+- ``onnxforge-wN`` (``--workers 1,2,...``): ``onnxforge serve --workers N`` for each N over 1,
+  to read how throughput scales with worker processes (on a machine with more cores than
+  this one's two). Every server is sent to over ``CHANNELS`` connections of their own, so
+  that the kernel spreads them over the workers that share the port.
 
 For each round and each server (in an order that alternates between rounds), closed-loop
 clients (``onnxforge.bench.drive``; prebuilt request bytes on one ``grpc.aio`` channel, in
@@ -48,7 +52,7 @@ from onnxforge.bench import (
     machine_info,
     markdown_table,
     percentiles_ms,
-    process_cpu_seconds,
+    process_tree_cpu_seconds,
     software_versions,
     write_json,
 )
@@ -151,36 +155,45 @@ def request_bytes() -> bytes:
     return request.SerializeToString()
 
 
+CHANNELS = 4  # connections per server: worker processes sharing a port get one each
+
+
 class Client:
-    """One ``grpc.aio`` channel per server port; sends raw request bytes."""
+    """``CHANNELS`` ``grpc.aio`` channels per server port, each a connection of its own
+    (gRPC shares one per address within a process otherwise); sends raw request bytes."""
 
     def __init__(self) -> None:
-        self.calls: dict[int, Any] = {}
+        self.calls: dict[int, list[Any]] = {}
         self.channels: list[Any] = []
 
-    async def call(self, port: int) -> Any:
+    async def call(self, port: int) -> list[Any]:
         import grpc
 
         if port not in self.calls:
-            channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-            await asyncio.wait_for(channel.channel_ready(), 30)
-            self.channels.append(channel)
-            self.calls[port] = channel.unary_unary(METHOD)
+            calls = []
+            for _ in range(CHANNELS):
+                channel = grpc.aio.insecure_channel(
+                    f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1)]
+                )
+                await asyncio.wait_for(channel.channel_ready(), 30)
+                self.channels.append(channel)
+                calls.append(channel.unary_unary(METHOD))
+            self.calls[port] = calls
         return self.calls[port]
 
     async def cell(
         self, port: int, pid: int, payload: bytes, concurrency: int, args: argparse.Namespace
     ) -> dict[str, Any]:
-        call = await self.call(port)
+        calls = await self.call(port)
 
         async def send(worker: int, index: int) -> object:
-            return await call(payload, timeout=30.0)
+            return await calls[worker % len(calls)](payload, timeout=30.0)
 
         await drive(send, Load(concurrency, duration=args.warmup))  # unmeasured warm-up
-        cpu, began = process_cpu_seconds(pid), time.monotonic()
+        cpu, began = process_tree_cpu_seconds(pid), time.monotonic()
         load_before, steal = os.getloadavg()[0], steal_seconds()
         outcome = await drive(send, Load(concurrency, duration=args.duration))
-        cpu = process_cpu_seconds(pid) - cpu
+        cpu = process_tree_cpu_seconds(pid) - cpu
         seconds = time.monotonic() - began
         steal = steal_seconds() - steal
         p50, p99 = percentiles_ms(outcome.latencies, (50, 99))
@@ -206,6 +219,12 @@ def start_servers(repo: Path, payload: bytes, args: argparse.Namespace) -> dict[
     extra[extra.index("--log-level") + 1] = "info"  # the "serving" line is an info line
     onnxforge = ServerProcess(repo, *extra, threads=args.threads, cwd=ROOT)
     servers: dict[str, Any] = {"onnxforge": (onnxforge.pid, onnxforge.port, onnxforge.close)}
+    for workers in args.workers:
+        if workers > 1:
+            many = ServerProcess(
+                repo, *extra, "--workers", str(workers), threads=args.threads, cwd=ROOT
+            )
+            servers[f"onnxforge-w{workers}"] = (many.pid, many.port, many.close)
     if "onnxforge-aio" in args.servers:
         aio = ServerProcess(repo, *extra, "--grpc-threads", "0", threads=args.threads, cwd=ROOT)
         servers["onnxforge-aio"] = (aio.pid, aio.port, aio.close)
@@ -300,6 +319,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         default=[1, 32])  # fmt: skip
     parser.add_argument("--servers", type=lambda t: t.split(","), default=list(SERVERS))
     parser.add_argument("--threads", type=int, default=None, help="onnxforge --threads")
+    parser.add_argument("--workers", type=lambda t: [int(v) for v in t.split(",")], default=[1],
+                        help="also onnxforge serve --workers N for each N over 1")  # fmt: skip
     parser.add_argument("--serve-arg", dest="serve_args", action="append", default=[],
                         help="more `onnxforge serve` arguments (repeatable)")  # fmt: skip
     parser.add_argument("--baseline", type=Path, default=None,
@@ -314,6 +335,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.baseline is not None and "baseline" not in args.servers:
         args.servers = ["baseline", *args.servers]
+    args.servers += [f"onnxforge-w{n}" for n in args.workers if n > 1]
     payload = request_bytes()
     with tempfile.TemporaryDirectory(prefix="hot-path-") as folder:
         repo = Path(folder) / "repository"
