@@ -11,6 +11,7 @@ from rich.table import Table
 
 from onnxforge.cli.common import (
     EXIT_FAILED,
+    OUTPUT,
     console,
     find_specs,
     json_option,
@@ -184,13 +185,26 @@ def _variant_json(result: VariantCheck) -> dict[str, Any]:
     }
 
 
+def _failure(line: str) -> None:
+    """A failed check's line, on stderr with --quiet (which hides the tables, not failures)."""
+    if OUTPUT["quiet"]:
+        click.echo(f"onnxforge: {line}", err=True)
+
+
 def _print_checks(results: list[ModelCheck]) -> None:
     out = console()
     for result in results:
         title = f"{result.model} ({result.variant}): {result.samples} samples vs NumPy reference"
         if result.problem:
             out.print(f"[bold]{result.model}[/bold] ({result.variant}): FAIL: {result.problem}")
+            _failure(f"{result.model} ({result.variant}): FAIL: {result.problem}")
             continue
+        for check in result.outputs:
+            if not check.ok:
+                _failure(
+                    f"{result.model} ({result.variant}): output '{check.output}' over tolerance "
+                    f"(max abs err {check.max_abs:.3g}, max rel err {check.max_rel:.3g})"
+                )
         table = Table(
             "output", "max abs err", "max rel err", "argmax agreement", "result", title=title
         )
@@ -240,3 +254,4 @@ def _print_variants(results: list[VariantCheck]) -> None:
     out.print(table)
     for line in problems:
         out.print(line, soft_wrap=True, markup=False, highlight=False)
+        _failure(line)

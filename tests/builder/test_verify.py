@@ -63,6 +63,11 @@ def test_tampered_file_fails_with_exit_1(
     [report] = json.loads(result.out)
     assert not report["ok"] and report["outputs"][0]["max_abs"] > 1e-3
     assert "OVER TOLERANCE" in run_cli("verify", spec_path, "-r", tmp_path).out
+    # -q hides the table, not the failure: one line on stderr names the model and output.
+    quiet = run_cli("-q", "verify", spec_path, "-r", tmp_path)
+    assert quiet.code == 1 and quiet.out == ""
+    [line] = quiet.err.strip().splitlines()
+    assert line.startswith("onnxforge: tiny (fp32): output 'y' over tolerance (max abs err ")
 
 
 def test_stale_and_missing_files_fail_with_a_reason(
@@ -74,6 +79,8 @@ def test_stale_and_missing_files_fail_with_a_reason(
     assert stale.code == 1 and "built from an older version of the spec" in stale.out
     missing = run_cli("verify", spec_path, "-r", tmp_path / "elsewhere")
     assert missing.code == 1 and "not built" in missing.out
+    quiet = run_cli("verify", spec_path, "-r", tmp_path / "elsewhere", "-q")
+    assert quiet.code == 1 and quiet.out == "" and "not built" in quiet.err
 
 
 def test_verify_on_user_rows(
