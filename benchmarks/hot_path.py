@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from serving_workers import MESSAGE_BYTES, METHOD, null_server_main
+from serving_workers import METHOD, null_server_main, null_sync_main
 
 from onnxforge.bench import (
     Load,
@@ -73,35 +73,6 @@ layers:
 serving: {{max_batch_size: 64, max_queue_delay_us: 500, instances: 1}}
 """
 SERVERS = ("onnxforge", "onnxforge-aio", "null-aio", "null-sync")
-
-
-def null_sync_main(response: bytes, conn: Any) -> None:
-    """A thread-pool ``grpc.server`` whose ModelInfer returns ``response`` as it is."""
-    from concurrent import futures
-
-    import grpc
-
-    def infer(request: bytes, context: Any) -> bytes:
-        return response
-
-    handler = grpc.method_handlers_generic_handler(
-        "inference.GRPCInferenceService",
-        {"ModelInfer": grpc.unary_unary_rpc_method_handler(infer)},  # bytes in, bytes out
-    )
-    server = grpc.server(
-        futures.ThreadPoolExecutor(8),
-        options=[
-            ("grpc.max_receive_message_length", MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MESSAGE_BYTES),
-            ("grpc.so_reuseport", 0),
-        ],
-    )
-    server.add_generic_rpc_handlers((handler,))
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    conn.send(port)
-    conn.poll(86400)
-    server.stop(1)
 
 
 def steal_seconds() -> float:
@@ -239,7 +210,7 @@ def start_servers(repo: Path, payload: bytes, args: argparse.Namespace) -> dict[
     spawn = multiprocessing.get_context("spawn")
     for name, target, given in (
         ("null-aio", null_server_main, {(MODEL, 1): response}),
-        ("null-sync", null_sync_main, response),
+        ("null-sync", null_sync_main, {payload: response}),
     ):
         parent, child = spawn.Pipe()
         process = spawn.Process(target=target, args=(given, child), daemon=True)

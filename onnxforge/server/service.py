@@ -76,7 +76,7 @@ class Undecodable:
         self.message = f"the request is not a valid {kind} message: {error}"
 
 
-def _lenient(message_class: Any) -> Callable[[bytes], Any]:
+def lenient(message_class: Any) -> Callable[[bytes], Any]:
     """A deserializer that hands bad bytes to the servicer instead of failing inside gRPC."""
 
     def parse(data: bytes) -> Any:
@@ -105,7 +105,7 @@ def register(service: InferenceService, server: grpc.aio.Server) -> None:
         }[(method.client_streaming, method.server_streaming)]
         handlers[method.name] = make(
             getattr(service, method.name),
-            request_deserializer=_lenient(request),
+            request_deserializer=lenient(request),
             response_serializer=response.SerializeToString,
         )
     server.add_generic_rpc_handlers(

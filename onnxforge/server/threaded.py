@@ -46,7 +46,13 @@ from onnxforge.server.batcher import RequestCancelled
 from onnxforge.server.dataplane import DataPlane
 from onnxforge.server.errors import ServingError
 from onnxforge.server.security import Security, _bearer, grpc_access
-from onnxforge.server.service import GRPC_STATUS, INTERNAL_MESSAGE, SERVICE_NAME, Undecodable
+from onnxforge.server.service import (
+    GRPC_STATUS,
+    INTERNAL_MESSAGE,
+    SERVICE_NAME,
+    Undecodable,
+    lenient,
+)
 
 log = logging.getLogger("onnxforge.server")
 
@@ -200,8 +206,11 @@ class _Bridge:
             (True, False): grpc.stream_unary_rpc_method_handler,
         }[streaming]
         behaviour = (
-            handler.unary_unary or handler.stream_stream or handler.unary_stream
-        ) or handler.stream_unary
+            handler.unary_unary
+            or handler.stream_stream
+            or handler.unary_stream
+            or handler.stream_unary
+        )
         if handler.response_streaming and inspect.isasyncgenfunction(behaviour):
             bridged = self.streaming(behaviour, handler.request_streaming)
         elif not handler.response_streaming and inspect.iscoroutinefunction(behaviour):
@@ -257,14 +266,12 @@ class ModelInfer:
         raise AssertionError("unreachable")  # abort() always raises
 
     def handler(self) -> grpc.GenericRpcHandler:
-        from onnxforge.server.service import _lenient
-
         return grpc.method_handlers_generic_handler(
             SERVICE_NAME,
             {
                 "ModelInfer": grpc.unary_unary_rpc_method_handler(
                     self,
-                    request_deserializer=_lenient(pb.ModelInferRequest),
+                    request_deserializer=lenient(pb.ModelInferRequest),
                     response_serializer=pb.ModelInferResponse.SerializeToString,
                 )
             },
