@@ -32,6 +32,27 @@ class WorkerCount(click.ParamType):  # type: ignore[type-arg]  # generic in newe
         return count
 
 
+class GrpcThreads(click.ParamType):  # type: ignore[type-arg]  # generic in newer click only
+    """Threads for ModelInfer, 0 for grpc.aio, or ``auto`` (None): chosen from the models."""
+
+    name = "N|auto"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> int | None:
+        if value is None or isinstance(value, int):
+            return value
+        if str(value).strip().lower() == "auto":
+            return None
+        try:
+            count = int(value)
+        except ValueError:
+            count = -1
+        if count < 0:
+            self.fail(f"expected a number (0 or more) or 'auto', got {value!r}", param, ctx)
+        return count
+
+
 def security_options(command: Any) -> Any:
     """TLS, mutual TLS and bearer tokens for ``serve``."""
     file = click.Path(path_type=Path, dir_okay=False)
@@ -167,11 +188,12 @@ def limit_options(command: Any) -> Any:
 )
 @click.option(
     "--grpc-threads",
-    type=click.IntRange(min=0),
-    default=16,
+    type=GrpcThreads(),
+    default="auto",
     show_default=True,
     help="Threads serving ModelInfer on the gRPC port (streams and other calls have their "
-    "own); 0 serves gRPC on the event loop (grpc.aio) instead.",
+    "own); 0 serves gRPC on the event loop (grpc.aio) instead; 'auto': threads when every "
+    "model loaded at start-up is quick (a one-row run within --inline-us), else the loop.",
 )
 @click.option("--watch", is_flag=True, help="Reload models whose files or spec change.")
 @click.option(
@@ -208,7 +230,7 @@ def serve(
     workers: int,
     no_batching: bool,
     inline_us: int,
-    grpc_threads: int,
+    grpc_threads: int | None,
     watch: bool,
     watch_interval: float,
     log_level: str,

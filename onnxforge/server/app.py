@@ -35,6 +35,7 @@ from onnxforge.server.threaded import ModelInfer, ThreadedServer
 from onnxforge.server.watch import Watcher, snapshot
 
 log = logging.getLogger("onnxforge.server")
+DEFAULT_GRPC_THREADS = 64  # ModelInfer threads in all; one runs at a time (server.pacing)
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,8 @@ class Settings:
     metrics_elsewhere: str | None = None
     # Threads serving ModelInfer on the public gRPC port (server.threaded; streams and the
     # other calls have threads of their own). 0: grpc.aio, every call on the event loop.
-    grpc_threads: int = 16
+    # None: chosen from the models loaded at start-up (grpc_threads_for).
+    grpc_threads: int | None = None
     control_port: bool = False  # also listen on a private port for peer workers
     # Where that private port listens: loopback for --workers; the node's address for the
     # replicas of a Ray cluster (onnxforge.cluster), which are peers across machines.
@@ -132,6 +134,29 @@ class Running:
         )
 
 
+def grpc_threads_for(settings: Settings, registry: Registry) -> int:
+    """``settings.grpc_threads``, or when it is None the transport that suits the models.
+
+    Measured with 32 clients on 2 cores (``benchmarks/serving.py``): a quick model (a
+    one-row run of microseconds) costs less CPU per request on the thread pool, which also
+    answers a lone client sooner; a slow model (the wide example, a millisecond a row)
+    served 1.5x the requests on grpc.aio, whose loop takes requests in faster while ONNX
+    Runtime runs, so its batches fill. So: the thread pool when every model loaded at
+    start-up timed quick at load (``Version.lone_run_ns`` within ``inline_us``), grpc.aio
+    otherwise. Models loaded later do not change the choice.
+    """
+    if settings.grpc_threads is not None:
+        return settings.grpc_threads
+    limit_ns = settings.inline_us * 1000
+    lone_runs = [
+        version.lone_run_ns
+        for entry in registry.entries.values()
+        for version in entry.versions.values()
+    ]
+    quick = all(ns is not None and ns <= limit_ns for ns in lone_runs)
+    return DEFAULT_GRPC_THREADS if quick and limit_ns > 0 else 0
+
+
 async def create_server(settings: Settings) -> Running:
     """Load the repository and start serving; returns a ``Running`` with the bound port.
 
@@ -174,12 +199,13 @@ async def create_server(settings: Settings) -> Running:
         ("grpc.max_concurrent_streams", settings.max_streams),
     ]
     server: grpc.aio.Server | ThreadedServer
-    if settings.grpc_threads > 0:
+    grpc_threads = grpc_threads_for(settings, registry)
+    if grpc_threads > 0:
         server = ThreadedServer(
             asyncio.get_running_loop(),
             options=options,
             interceptors=[ThreadedAuth(security)] if security.checks else [],
-            infer_threads=settings.grpc_threads,
+            infer_threads=grpc_threads,
             infer=ModelInfer(plane),
         )
     else:
@@ -251,11 +277,12 @@ async def create_server(settings: Settings) -> Running:
     where = settings.metrics_elsewhere or where
     # "HTTP on <url>" is what ServerProcess reads the HTTP port from (onnxforge.bench).
     log.info(
-        "serving %d model(s) from %s on %s:%d%s (metrics: %s)",
+        "serving %d model(s) from %s on %s:%d (%s)%s (metrics: %s)",
         len(registry.entries),
         settings.repository,
         settings.host,
         port,
+        "gRPC on threads" if isinstance(server, ThreadedServer) else "gRPC on the event loop",
         f", HTTP on {http.url}" if http is not None else "",
         where,
     )

@@ -20,13 +20,17 @@ request gets back exactly its own rows of exactly the outputs it asked for. An e
 reaches every request of the batch. Cancelled requests are dropped before they are run;
 requests past their deadline are answered DEADLINE_EXCEEDED without running.
 
-A model measured to be quick (once INLINE_AFTER runs in a row each took at most
-``inline_us``; 0: never) is not worth batching: a lone event-loop request to it runs on the
-loop's own thread, sparing the hop to a thread and back, and a blocking caller's request runs
-at once on its own thread, beside any other run (waking and being woken would cost more
-than the run). One run over ``inline_us`` sends the model back to its threads and its
-batches until it has proved quick again: a model that turns slow holds up the loop for that
-one run.
+A model measured to be quick is not worth batching: a lone event-loop request to it runs on
+the loop's own thread, sparing the hop to a thread and back, and a blocking caller's request
+runs at once on its own thread, beside any other run (waking and being woken would cost more
+than the run). Quick means: its one-row run timed within ``inline_us`` when it was loaded
+(``quick``), or INLINE_AFTER runs in a row each took at most ``inline_us`` of their thread's
+CPU time (wall time would not do: under load a quick run also waits for the GIL); 0: never.
+One run over ``inline_us`` sends the model back to its threads and its batches until it has
+proved quick again: a model that turns slow holds up the loop for that one run.
+
+A caller on a :class:`~onnxforge.server.pacing.PacedExecutor` thread gives up its place there
+while it waits for a batch, and while a slow model runs (ONNX Runtime lets go of the GIL).
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from onnxforge.server.errors import DeadlineExceeded, ModelShuttingDown, QueueFull
+from onnxforge.server.pacing import waiting
 
 INLINE_AFTER = 16  # quick lone runs in a row before a lone request runs on the loop
 Arrays = Mapping[str, np.ndarray]
@@ -151,6 +156,7 @@ class Batcher:
         instances: int = 1,
         on_batch: Callable[[BatchStats], None] | None = None,
         inline_us: int = 0,
+        quick: bool = False,
     ) -> None:
         self.name = name
         self._run = run
@@ -171,8 +177,10 @@ class Batcher:
         self._in_flight = 0  # instances running a batch right now (lone requests included)
         self._direct = 0  # a quick model's runs on their callers' threads (run_blocking)
         self._inline_ns = inline_us * 1000
-        self._quick_runs = 0  # runs in a row that took at most inline_us
-        self._quick_rows = 0  # the most rows of those
+        # Runs in a row that took at most inline_us, and the most rows of those. A model
+        # timed quick at load (``quick``) starts proven for one row.
+        self._quick_runs = INLINE_AFTER if quick and inline_us > 0 else 0
+        self._quick_rows = 1 if self._quick_runs else 0
 
     @property
     def queued(self) -> int:
@@ -209,7 +217,8 @@ class Batcher:
             timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
             if timeout is not None:
                 timeout = min(timeout, threading.TIMEOUT_MAX)
-            woken = event.wait(timeout)
+            with waiting():
+                woken = event.wait(timeout)
             if request.lead:  # an instance was handed to this request: run the next batch
                 self._lead(request)
                 break
@@ -226,7 +235,8 @@ class Batcher:
                     raise DeadlineExceeded(self.name)
                 event.clear()  # already taken into a batch or handed on: wait for that
                 if not request.lead and not request.finished:
-                    event.wait()
+                    with waiting():
+                        event.wait()
                 continue
         if request.cancelled and not request.finished:
             raise RequestCancelled(self.name)
@@ -309,15 +319,7 @@ class Batcher:
                 self._direct -= 1
 
     def _run_lone(self, inputs: Arrays, outputs: Sequence[str], rows: int) -> Results:
-        started = time.monotonic_ns()
-        try:
-            results = self._run(inputs, outputs)
-        except Exception:
-            self._quick_runs = self._quick_rows = 0
-            raise
-        elapsed = time.monotonic_ns() - started
-        if self._inline_ns > 0:
-            self._note(rows, elapsed)
+        results, elapsed = self._timed_run(inputs, outputs, rows)
         if self._on_batch is not None:
             self._on_batch(BatchStats(1, rows, [0], elapsed))
         return {name: results[name] for name in outputs}
@@ -362,7 +364,8 @@ class Batcher:
                 filling = _Filling(self.max_batch_size - rows)
                 self._fillings.append(filling)
                 try:
-                    self._filled.wait(remaining)
+                    with waiting():
+                        self._filled.wait(remaining)
                 finally:
                     self._fillings.remove(filling)
         return batch
@@ -395,13 +398,11 @@ class Batcher:
             stacked = {name: np.concatenate([r.inputs[name] for r in batch]) for name in names}
         started = time.monotonic_ns()
         try:
-            results = self._run(stacked, wanted)
+            results, elapsed = self._timed_run(stacked, wanted, _rows(stacked))
         except Exception as error:  # every waiting request must hear of it
-            self._quick_runs = self._quick_rows = 0
             for request in batch:
                 request.finish(error=error)
             return
-        elapsed = time.monotonic_ns() - started
         if len(batch) == 1:
             answers = [{name: results[name] for name in batch[0].outputs}]
             rows = batch[0].rows
@@ -411,8 +412,6 @@ class Batcher:
                 end = rows + request.rows
                 answers.append({name: results[name][rows:end] for name in request.outputs})
                 rows = end
-        if self._inline_ns > 0:
-            self._note(rows, elapsed)
         # Counted before anyone is answered: an answer's statistics already include its run.
         if self._on_batch is not None:
             self._on_batch(
@@ -427,6 +426,26 @@ class Batcher:
         """Whether the model proved quick for ``rows``: a lone loop request of them runs on
         the loop's thread, a blocking caller's at once on its own."""
         return self._quick_runs >= INLINE_AFTER and rows <= self._quick_rows
+
+    def _timed_run(self, inputs: Arrays, outputs: Sequence[str], rows: int) -> tuple[Results, int]:
+        """One run and its wall time; a run's CPU time on this thread tells whether the
+        model is quick (wall time would not: under load, a quick run waits for the GIL)."""
+        started, cpu_started = time.monotonic_ns(), time.thread_time_ns()
+        try:
+            with self._yielding(rows):
+                results = self._run(inputs, outputs)
+        except Exception:
+            self._quick_runs = self._quick_rows = 0
+            raise
+        if self._inline_ns > 0:
+            self._note(rows, time.thread_time_ns() - cpu_started)
+        return results, time.monotonic_ns() - started
+
+    def _yielding(self, rows: int) -> contextlib.AbstractContextManager[None]:
+        """Around a run: ONNX Runtime lets go of the GIL, so a slow run gives its caller's
+        place to another call meanwhile (``server.pacing``); a quick one keeps it, as
+        waking a thread would cost more than the run."""
+        return contextlib.nullcontext() if self._inline(rows) else waiting()
 
     def _note(self, rows: int, elapsed_ns: int) -> None:
         """Count a quick run, or start counting again after a slow one."""

@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import statistics
+import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -21,6 +23,8 @@ import onnxruntime as ort
 from onnxforge.builder import metadata
 from onnxforge.server import convert
 from onnxforge.server.batcher import Batcher, BatchStats
+
+BUDGET_NS = 20_000_000  # timing a lone run at load stops after this much running
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,8 @@ class Version:
     props: dict[str, str]
     serving: Serving
     batcher: Batcher | None = None  # merges concurrent requests; None: one request per run
+    # Median wall time of a lone one-row run, timed at load (None: could not be timed).
+    lone_run_ns: int | None = None
     report: Callable[[BatchStats], None] | None = None  # told about every session run
     # Threads of this model alone: a slow model's backlog never holds up another model.
     executor: ThreadPoolExecutor = field(
@@ -153,7 +159,44 @@ def open_version(
     if serving.max_batch_size > 0 and not batchable(inputs, outputs):
         serving = Serving(0, 0, serving.instances, serving.max_queue)
     executor = ThreadPoolExecutor(max(1, serving.instances), thread_name_prefix=f"model-{name}")
-    return Version(name, version, path, session, inputs, outputs, props, serving, executor=executor)
+    return Version(
+        name,
+        version,
+        path,
+        session,
+        inputs,
+        outputs,
+        props,
+        serving,
+        executor=executor,
+        lone_run_ns=time_lone_run(session, inputs),
+    )
+
+
+def time_lone_run(
+    session: ort.InferenceSession, inputs: Mapping[str, Tensor], runs: int = 7
+) -> int | None:
+    """The median wall time of a one-row run on zeros, after one untimed run (ONNX
+    Runtime allocates on its first); None when zeros of that shape cannot be run.
+
+    It tells a quick model from a slow one before any request comes (``server.batcher``,
+    and the choice of gRPC transport in ``server.app``). Timed at load, on a quiet model:
+    under load, contention makes every run look slow.
+    """
+    feeds = {
+        name: np.zeros(tuple(1 if dim < 0 else dim for dim in tensor.shape), tensor.dtype)
+        for name, tensor in inputs.items()
+    }
+    times: list[int] = []
+    try:
+        session.run(None, feeds)
+        while len(times) < runs and sum(times) < BUDGET_NS:  # a big model: fewer runs
+            started = time.perf_counter_ns()
+            session.run(None, feeds)
+            times.append(time.perf_counter_ns() - started)
+    except Exception:  # an input zeros cannot stand for (a string, an index): not timed
+        return None
+    return int(statistics.median(times))
 
 
 def batchable(inputs: Mapping[str, Tensor], outputs: Mapping[str, Tensor]) -> bool:
@@ -177,6 +220,7 @@ def attach_batcher(
     if version.serving.max_batch_size <= 0 or not batching:
         version.runs  # made now, before requests from several threads race to make it  # noqa: B018
         return  # every request runs on its own
+    quick = version.lone_run_ns is not None and version.lone_run_ns <= inline_us * 1000
     version.batcher = Batcher(
         version.model,
         version.run,
@@ -187,4 +231,5 @@ def attach_batcher(
         executor=version.executor,
         on_batch=version.report,
         inline_us=inline_us,
+        quick=quick,
     )

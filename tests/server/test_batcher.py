@@ -17,6 +17,13 @@ from tests.helpers import wait_until, wait_until_async
 WEIGHT = np.random.default_rng(0).normal(size=(3, 4))
 
 
+def busy(seconds: float) -> None:
+    """Work (not wait) on this thread for ``seconds`` of its CPU time, as a slow model does."""
+    until = time.thread_time() + seconds
+    while time.thread_time() < until:
+        pass
+
+
 def model(inputs: Mapping[str, np.ndarray], outputs: Sequence[str]) -> dict[str, np.ndarray]:
     """Two outputs that depend on each row alone, like a network's forward pass."""
     x = inputs["x"]
@@ -205,11 +212,13 @@ def test_a_quick_model_runs_lone_requests_on_the_loop_until_a_run_is_slow() -> N
     """Lone requests run on the model's thread until INLINE_AFTER of them were quick, then
     on the event loop's thread (no more rows than measured); one slow run sends them back."""
     ran_on: list[int] = []
-    delay = [0.0]
+    delay = [0.0]  # seconds of work
+    waited = [0.0]  # seconds of waiting
 
     def run(inputs: Mapping[str, np.ndarray], outputs: Sequence[str]) -> dict:
         ran_on.append(threading.get_ident())
-        time.sleep(delay[0])
+        busy(delay[0])
+        time.sleep(waited[0])
         return model(inputs, outputs)
 
     async def scenario() -> None:
@@ -225,11 +234,40 @@ def test_a_quick_model_runs_lone_requests_on_the_loop_until_a_run_is_slow() -> N
             assert await lone(2) != loop_thread  # measured on the model's thread first
         assert await lone(1) == loop_thread
         assert await lone(3) != loop_thread  # more rows than any measured run
-        delay[0] = 0.25  # over inline_us: the model turned slow
+        waited[0] = 0.25  # a run that waits (for the GIL, say) without working ...
+        assert await lone(1) == loop_thread
+        waited[0] = 0.0
+        assert await lone(1) == loop_thread  # ... is not a slow one: its CPU time counts
+        delay[0] = 0.25  # over inline_us of work on the calling thread: the model turned slow
         assert await lone(1) == loop_thread  # that one run holds the loop up ...
         delay[0] = 0.0
         assert await lone(1) != loop_thread  # ... and the next runs on the thread again
         await batcher.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_model_timed_quick_at_load_runs_its_first_lone_request_on_the_loop() -> None:
+    """``quick=True`` (``Version.lone_run_ns`` within inline_us) proves the model for one
+    row from the start; more rows, or inline_us 0, wait for measured runs as before."""
+    ran_on: list[int] = []
+
+    def run(inputs: Mapping[str, np.ndarray], outputs: Sequence[str]) -> dict:
+        ran_on.append(threading.get_ident())
+        return model(inputs, outputs)
+
+    async def scenario() -> None:
+        loop_thread = threading.get_ident()
+        quick = Batcher("m", run, max_batch_size=8, max_queue_delay_us=0, inline_us=200, quick=True)
+        never = Batcher("n", run, max_batch_size=8, max_queue_delay_us=0, inline_us=0, quick=True)
+        got = await quick.submit({"x": np.ones((1, 3))}, ["total"])
+        assert got["total"].tolist() == [[3.0]] and ran_on[-1] == loop_thread
+        await quick.submit({"x": np.ones((2, 3))}, ["total"])
+        assert ran_on[-1] != loop_thread  # two rows were never timed
+        await never.submit({"x": np.ones((1, 3))}, ["total"])
+        assert ran_on[-1] != loop_thread
+        await quick.close()
+        await never.close()
 
     asyncio.run(scenario())
 
@@ -369,7 +407,7 @@ def test_a_quick_models_blocking_requests_run_at_once_on_their_own_threads() -> 
     def run(inputs: Mapping[str, np.ndarray], outputs: Sequence[str]) -> dict:
         ran_on.append(threading.get_ident())
         gate.wait(10)
-        time.sleep(delay[0])
+        busy(delay[0])
         return model(inputs, outputs)
 
     batcher = Batcher("m", run, max_batch_size=8, max_queue_delay_us=0, inline_us=200_000)
