@@ -249,6 +249,10 @@ def serve(
     replicas: int | None,
     replica_cpus: float,
     ray_namespace: str,
+    max_replicas: int | None,
+    target_ongoing: float,
+    target_cpu: float,
+    scale_delays: tuple[float, float],
 ) -> None:
     """Serve every model in REPOSITORY over gRPC and HTTP/REST (KServe v2 protocol).
 
@@ -273,7 +277,17 @@ def serve(
         )
     except SecurityError as error:
         raise click.UsageError(str(error)) from None
-    on_ray = ray_settings(ray_address, replicas, replica_cpus, ray_namespace, workers)
+    on_ray = ray_settings(
+        ray_address,
+        replicas,
+        replica_cpus,
+        ray_namespace,
+        workers,
+        max_replicas,
+        target_ongoing,
+        scale_delays,
+        target_cpu,
+    )
     log_level = _quiet_level(log_level)
     logs.configure(log_level, log_format)
     settings = Settings(

@@ -25,6 +25,7 @@ import ray
 from ray.exceptions import GetTimeoutError, RayError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from onnxforge.cluster.autoscale import Autoscaler
 from onnxforge.cluster.replica import ReplicaInfo, ReplicaServer
 from onnxforge.server.app import Settings
 
@@ -46,8 +47,10 @@ class _Replica:
     info: ReplicaInfo | None = None  # the process that serves and is wired; None while down
     probe: Any = None  # the outstanding info() call
     probe_sent: float = 0.0
-    starting: Any = None  # the outstanding start() call of a restarted process
+    starting: Any = None  # the outstanding start() call of a restarted or added process
     restarts: int = 0  # processes seen after the first
+    joining: bool = False  # added by the autoscaler, not yet serving
+    reading: tuple[int, int, int] | None = None  # its last load(): in flight, CPU, when
 
     @property
     def up(self) -> bool:
@@ -67,6 +70,9 @@ class Deployment:
     port: int = 0  # the public port, once started
     http_port: int | None = None  # HTTP/REST's, when served
     members: list[_Replica] = field(default_factory=list)
+    autoscaler: Autoscaler | None = None  # None: always ``replicas`` of them
+    grace: float = 10.0  # a replica drained on scaling down has this long to finish
+    leaving: list[tuple[_Replica, Any]] = field(default_factory=list)  # (replica, its stop())
 
     def start(self) -> int:
         """Place and start every replica, wire them; returns the public port."""
@@ -82,17 +88,8 @@ class Deployment:
                 f"{self.replicas} replicas of {self.cpus:g} CPUs need {self.replicas * self.cpus:g}"
                 f" free CPUs; the cluster has {free:g} (fewer --replicas or --replica-cpus)"
             )
-        actor = ray.remote(ReplicaServer)
         for index in range(self.replicas):
-            node_id = nodes[index % len(nodes)]["NodeID"]
-            handle = actor.options(
-                name=f"{self.name}-{index}",
-                max_restarts=-1,
-                max_task_retries=0,  # a call in flight when it dies fails; no silent rerun
-                num_cpus=self.cpus,
-                scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=True),
-            ).remote(self.settings, self.level, self.fmt)
-            self.members.append(_Replica(index, handle, node_id))
+            self.members.append(self._place(index, nodes[index % len(nodes)]["NodeID"]))
         # The first replica takes the ports asked for (0: free ones); the others share them.
         first = self._call(
             self.members[0].handle.start.remote(self.settings.port, self.settings.http_port),
@@ -109,6 +106,21 @@ class Deployment:
         for member in self.members:
             _say(member, "")
         return self.port
+
+    def _place(self, index: int, node_id: str) -> _Replica:
+        """A new replica actor on ``node_id`` (soft: elsewhere if that node is gone)."""
+        handle = (
+            ray.remote(ReplicaServer)
+            .options(
+                name=f"{self.name}-{index}",
+                max_restarts=-1,
+                max_task_retries=0,  # a call in flight when it dies fails; no silent rerun
+                num_cpus=self.cpus,
+                scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=True),
+            )
+            .remote(self.settings, self.level, self.fmt)
+        )
+        return _Replica(index, handle, node_id)
 
     def models(self) -> int:
         """How many models the replicas serve (as the first live one says)."""
@@ -130,16 +142,87 @@ class Deployment:
         if changed or back:
             self._wire()
         for member in back:  # said once wired: from now on a load reaches it too
-            _say(member, f" is back (restart {member.restarts})")
+            _say(member, " joined" if member.joining else f" is back (restart {member.restarts})")
+            member.joining = False
+        self._finish_leaving()
+        if self.autoscaler is not None and self.autoscaler.enabled:
+            self._autoscale(self.autoscaler, now)
+
+    # ------------------------------------------------------------------ autoscaling
+
+    def _autoscale(self, scaler: Autoscaler, now: float) -> None:
+        """Add replicas, or drain the newest, as ``scaler`` decides from the requests in
+        flight over the serving replicas."""
+        up = [member for member in self.members if member.up]
+        try:
+            readings = ray.get([m.handle.load.remote() for m in up], timeout=PROBE_SECONDS)
+        except RayError:
+            return  # one went down meanwhile: the next tick sees it
+        ongoing = cores = 0.0  # means since the last tick, summed over the replicas
+        for member, reading in zip(up, readings, strict=True):
+            last, member.reading = member.reading, reading
+            # A restarted process starts its counts again: one reading to begin with.
+            fresh = last is None or reading[0] < last[0] or reading[1] < last[1]
+            if last is not None and not fresh and reading[2] > last[2]:
+                ongoing += (reading[0] - last[0]) / (reading[2] - last[2])
+                cores += (reading[1] - last[1]) / (reading[2] - last[2])
+        current = len(self.members)
+        wanted = scaler.decide(now, ongoing, current, cores)
+        log.debug("ray: %.2f in flight, %.2f cores over %d replica(s)", ongoing, cores, current)
+        if wanted == current:
+            return
+        log.info(
+            "ray: %.1f request(s) in flight, %.2f cores used over %d replica(s): scaling %s to %d",
+            ongoing,
+            cores,
+            current,
+            "up" if wanted > current else "down",
+            wanted,
+        )
+        for _ in range(wanted - current):
+            member = self._place(max(m.index for m in self.members) + 1, self._emptiest_node())
+            member.joining = True
+            member.starting = member.handle.start.remote(self.port, self.http_port)
+            self.members.append(member)
+        if wanted < current:
+            self._retire(max(self.members, key=lambda member: member.index))
+
+    def _emptiest_node(self) -> str:
+        """The live node with the fewest replicas (the head first on a tie)."""
+        count: dict[str, int] = {}
+        for member in self.members:
+            node = member.info.node_id if member.info else member.node_id
+            count[node] = count.get(node, 0) + 1
+        nodes = live_nodes()
+        best = min(nodes, key=lambda n: (count.get(n["NodeID"], 0), not n.get("IsHeadNode")))
+        return str(best["NodeID"])
+
+    def _retire(self, member: _Replica) -> None:
+        """Out of the peers first, then drained: its requests in flight are answered, new
+        ones on its connections get UNAVAILABLE (retryable) and the clients reconnect to
+        the others, which share its port."""
+        self.members.remove(member)
+        self._wire()
+        self.leaving.append((member, member.handle.stop.remote(self.grace)))
+        log.info("replica %d: draining (scaled down)", member.index)
+
+    def _finish_leaving(self) -> None:
+        for member, stopping in list(self.leaving):
+            done, _ = ray.wait([stopping], timeout=0)
+            if done:
+                self.leaving.remove((member, stopping))
+                ray.kill(member.handle, no_restart=True)
+                log.info("replica %d: stopped (scaled down)", member.index)
 
     def stop(self, grace: float) -> None:
         """Drain every replica, then end the actors (no restart)."""
         stops = [member.handle.stop.remote(grace) for member in self.members]
+        stops += [stopping for _, stopping in self.leaving]
         try:
             ray.get(stops, timeout=grace + 30)
         except RayError as error:
             log.warning("a replica did not stop cleanly: %s", error)
-        for member in self.members:
+        for member in [*self.members, *(member for member, _ in self.leaving)]:
             ray.kill(member.handle, no_restart=True)
 
     # ------------------------------------------------------------------ internals

@@ -18,6 +18,7 @@ import asyncio
 import dataclasses
 import logging
 import os
+import time
 from dataclasses import dataclass
 
 from onnxforge.server.app import Running, Settings
@@ -87,6 +88,13 @@ class ReplicaServer:
         own = self.info().control
         # A changed list replaces the channels; the old ones to a dead replica stay idle.
         running.peers.connect(address for address in addresses if address != own)
+
+    def load(self) -> tuple[int, int, int]:
+        """(requests in flight integrated over time, this process's CPU time, when), in ns:
+        what the autoscaler averages between two readings (``Drain.in_flight_ns``)."""
+        running = self.running
+        in_flight, now = running.plane.drain.in_flight_ns() if running else (0, 0)
+        return in_flight, time.process_time_ns(), now or time.monotonic_ns()
 
     async def ready_models(self) -> list[str]:
         """The models this replica serves now (for a restarted replica to match)."""

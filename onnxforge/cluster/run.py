@@ -17,6 +17,9 @@ from onnxforge.server.app import Settings
 
 log = logging.getLogger("onnxforge.cluster")
 TICK_SECONDS = 0.5
+# With autoscaling, a client connection is closed (GOAWAY, its calls finish, the client
+# reconnects) after this long, so that clients spread over replicas added since.
+CONNECTION_AGE_SECONDS = 30.0
 
 
 def serve_on_ray(
@@ -25,6 +28,7 @@ def serve_on_ray(
     """Serve until SIGTERM/SIGINT; returns the exit code."""
     import ray
 
+    from onnxforge.cluster.autoscale import Autoscaler
     from onnxforge.cluster.deployment import (
         Deployment,
         DeploymentError,
@@ -48,8 +52,25 @@ def serve_on_ray(
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     replicas = options.replicas or len(live_nodes())
+    scaler = Autoscaler(
+        replicas,
+        max(replicas, options.max_replicas or replicas),
+        target_ongoing=options.target_ongoing,
+        target_cpu=options.target_cpu,
+        replica_cpus=options.cpus,
+        upscale_delay=options.upscale_delay,
+        downscale_delay=options.downscale_delay,
+    )
+    if scaler.enabled:  # reconnecting clients spread over the replicas added since
+        settings = dataclasses.replace(settings, max_connection_age_s=CONNECTION_AGE_SECONDS)
     deployment = Deployment(
-        replica_settings(settings, options.cpus), replicas, options.cpus, level=level, fmt=fmt
+        replica_settings(settings, options.cpus),
+        replicas,
+        options.cpus,
+        level=level,
+        fmt=fmt,
+        autoscaler=scaler,
+        grace=settings.grace_seconds,
     )
     try:
         try:
@@ -57,13 +78,23 @@ def serve_on_ray(
         except DeploymentError as error:
             log.error("%s", error)
             return 1
+        if scaler.enabled:
+            needed = (scaler.maximum - replicas) * options.cpus
+            free = float(ray.available_resources().get("CPU", 0.0))  # type: ignore[no-untyped-call]
+            if free < needed:  # a cluster autoscaler may add nodes; else they wait for CPUs
+                log.warning(
+                    "ray: --max-replicas %d needs %g more CPUs; the cluster has %g free now",
+                    scaler.maximum,
+                    needed,
+                    free,
+                )
         http = deployment.http_port
         scheme = "https" if settings.security.tls else "http"
         log.info(
-            "ray: serving %d model(s) from %s with %d replica(s) on %d node(s) at %s:%d%s",
+            "ray: serving %d model(s) from %s with %s replica(s) on %d node(s) at %s:%d%s",
             deployment.models(),
             settings.repository,
-            replicas,
+            f"{replicas} to {scaler.maximum}" if scaler.enabled else replicas,
             deployment.nodes(),
             settings.host,
             port,

@@ -74,6 +74,10 @@ class Settings:
     # Where that private port listens: loopback for --workers; the node's address for the
     # replicas of a Ray cluster (onnxforge.cluster), which are peers across machines.
     control_host: str = "127.0.0.1"
+    # Close each client connection after this long (GOAWAY; its calls in flight finish and
+    # the client reconnects): with replicas sharing a port, reconnections spread the
+    # clients over replicas added since. None: connections last.
+    max_connection_age_s: float | None = None
 
 
 @dataclass
@@ -198,6 +202,11 @@ async def create_server(settings: Settings) -> Running:
         ("grpc.so_reuseport", 1 if settings.reuse_port else 0),
         ("grpc.max_concurrent_streams", settings.max_streams),
     ]
+    if settings.max_connection_age_s is not None:
+        options += [
+            ("grpc.max_connection_age_ms", int(settings.max_connection_age_s * 1000)),
+            ("grpc.max_connection_age_grace_ms", int(settings.grace_seconds * 1000)),
+        ]
     server: grpc.aio.Server | ThreadedServer
     grpc_threads = grpc_threads_for(settings, registry)
     if grpc_threads > 0:

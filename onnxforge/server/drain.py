@@ -59,6 +59,10 @@ class Drain:
         self.refused_draining = 0  # calls answered UNAVAILABLE because the server drains
         self.last_activity_ns = time.monotonic_ns()  # a call arrived or ended
         self.open_streams = 0  # streams not yet ended
+        # The integral of in_flight over time (calls x ns) up to _counted_ns: its change over
+        # a stretch of time, divided by that time, is the mean number of calls in flight.
+        self._in_flight_ns = 0
+        self._counted_ns = self.last_activity_ns
         self._idle_streams: set[asyncio.Task[Any]] = set()  # awaiting their next request
         # Calls begin and end on the transports' threads as well as on the event loop.
         self._lock = threading.Lock()
@@ -93,19 +97,35 @@ class Drain:
 
     def enter(self) -> None:
         """A call begins (what :meth:`call` does, for a caller of its own)."""
+        now = time.monotonic_ns()
         with self._lock:
+            self._count(now)
             self.in_flight += 1
-        self.last_activity_ns = time.monotonic_ns()
+        self.last_activity_ns = now
 
     def leave(self, answered: bool = False, cancelled: bool = False) -> None:
         """A call :meth:`enter` began ends: answered in full, cancelled, or otherwise."""
+        now = time.monotonic_ns()
         with self._lock:
             if answered and self.draining:
                 self.answered_draining += 1
             elif cancelled:
                 self.cut_off += 1
+            self._count(now)
             self.in_flight -= 1
-        self.last_activity_ns = time.monotonic_ns()
+        self.last_activity_ns = now
+
+    def in_flight_ns(self) -> tuple[int, int]:
+        """(calls x ns in flight since the start, now): two readings give the mean number
+        of calls in flight between them (what the cluster's autoscaler scales by)."""
+        now = time.monotonic_ns()
+        with self._lock:
+            self._count(now)
+            return self._in_flight_ns, now
+
+    def _count(self, now: int) -> None:  # locked
+        self._in_flight_ns += self.in_flight * (now - self._counted_ns)
+        self._counted_ns = now
 
     @contextlib.contextmanager
     def stream(self) -> Iterator[None]:

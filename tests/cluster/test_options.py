@@ -37,7 +37,15 @@ def test_workers_and_ray_do_not_combine(run_cli: Callable[..., CliResult], tmp_p
 def test_ray_flags_are_listed_in_help(run_cli: Callable[..., CliResult]) -> None:
     result = run_cli("serve", "--help")
     assert result.code == 0
-    for flag in ("--ray [ADDRESS]", "--replicas", "--replica-cpus", "--ray-namespace"):
+    for flag in (
+        "--ray [ADDRESS]",
+        "--replicas",
+        "--replica-cpus",
+        "--ray-namespace",
+        "--max-replicas",
+        "--target-ongoing",
+        "--scale-delays",
+    ):
         assert flag in result.out
 
 
@@ -59,3 +67,19 @@ def test_an_address_without_a_port_is_refused(
     result = run_cli("serve", tmp_path, "--ray", "somewhere")
     assert result.code == 2
     assert "expected HOST:PORT, 'auto' or ray://HOST:PORT" in result.err
+
+
+def test_autoscaling_flags_that_cannot_hold_are_one_line(
+    run_cli: Callable[..., CliResult], tmp_path: Path
+) -> None:
+    without_ray = run_cli("serve", tmp_path, "--max-replicas", "3")
+    assert without_ray.code == 2
+    assert "--max-replicas scales replicas on a Ray cluster: add --ray" in without_ray.err
+    fewer = run_cli("serve", tmp_path, "--ray", "--replicas", "3", "--max-replicas", "2")
+    assert fewer.code == 2
+    assert "2 is fewer than --replicas 3" in fewer.err
+    delays = run_cli("serve", tmp_path, "--ray", "--max-replicas", "2", "--scale-delays", "5")
+    assert delays.code == 2
+    assert "expected two numbers of seconds, UP,DOWN (5,60), got '5'" in delays.err
+    for result in (without_ray, fewer, delays):
+        assert "Traceback" not in result.err

@@ -50,7 +50,8 @@ TOKEN = "cluster-test-internal-token"
 WAIT = 60.0  # bound on every wait for the cluster; no test depends on timing
 # "replica 1: pid ..." when started, "replica 1 is back (restart 2): pid ..." after a restart.
 REPLICA = re.compile(
-    r"replica (\d+)(?: is back \(restart \d+\))?: pid (\d+) on node (\w+), control ([\d.]+:\d+)"
+    r"replica (\d+)(?: is back \(restart \d+\)| joined)?: pid (\d+) on node (\w+), "
+    r"control ([\d.]+:\d+)"
 )
 
 pytestmark = [
@@ -91,14 +92,18 @@ class Served:
         return f"127.0.0.1:{self.ray.port}"
 
     def replicas(self) -> dict[int, Replica]:
-        """Each replica's current process, from the driver's lines (the latest wins)."""
-        found: dict[int, Replica] = {}
-        for line in list(self.ray.lines):
-            match = REPLICA.search(line)
-            if match:
-                index, pid, node, control = match.groups()
-                found[int(index)] = Replica(int(index), int(pid), node, control)
-        return found
+        return replicas_of(self.ray)
+
+
+def replicas_of(server: ServerProcess) -> dict[int, Replica]:
+    """Each replica's current process, from the driver's lines (the latest wins)."""
+    found: dict[int, Replica] = {}
+    for line in list(server.lines):
+        match = REPLICA.search(line)
+        if match:
+            index, pid, node, control = match.groups()
+            found[int(index)] = Replica(int(index), int(pid), node, control)
+    return found
 
 
 def build_repository(folder: Path) -> Path:
@@ -393,12 +398,16 @@ def settled(
 class Load:
     """``triton_cluster.py load`` in a process of its own: clients that retry UNAVAILABLE."""
 
-    def __init__(self, url: str, folder: Path, x: np.ndarray) -> None:
+    def __init__(
+        self, url: str, folder: Path, x: np.ndarray, threads: int = 16, pause: float = 0.0
+    ) -> None:
         self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
         np.save(folder / "x.npy", x)
         self.process = subprocess.Popen(
             [sys.executable, str(SCRIPT), "load", url, str(folder)],
             cwd=REPO_ROOT,
+            env={**os.environ, "LOAD_THREADS": str(threads), "LOAD_PAUSE": str(pause)},
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -423,8 +432,14 @@ class Load:
     def classify(
         self, requests: list[dict[str, Any]], repository: Path, x: np.ndarray
     ) -> dict[str, int]:
+        return Load.classify_in(self.folder, requests, repository, x)
+
+    @staticmethod
+    def classify_in(
+        folder: Path, requests: list[dict[str, Any]], repository: Path, x: np.ndarray
+    ) -> dict[str, int]:
         """Every request: answered right at once, answered right after UNAVAILABLE, or not."""
-        outputs = np.load(self.folder / "outputs.npz")
+        outputs = np.load(folder / "outputs.npz")
         tally = {"answered": 0, "refused_then_answered": 0, "refused": 0, "lost": 0, "wrong": 0}
         for request in requests:
             attempts = request["attempts"]
@@ -489,6 +504,79 @@ def test_more_replicas_than_free_cpus_is_one_error(served: Served, tmp_path: Pat
             cwd=REPO_ROOT,
             start_seconds=WAIT,
         )
+
+
+def test_autoscaling_adds_a_replica_under_load_and_drains_it_when_the_load_falls(
+    served: Served, tmp_path: Path
+) -> None:
+    """A second serve on the cluster, 1 to 2 replicas of 1 CPU, half a core used wanted per
+    replica: 16 clients make it add one, which serves new connections beside the first;
+    when one slow client is left it drains one. Every request of both loads is answered
+    right (at once, or after UNAVAILABLE from the replica being drained)."""
+    scaled = ServerProcess(
+        served.repository,
+        "--ray", served.cluster.address, "--ray-namespace", "autoscaled",
+        "--replicas", "1", "--max-replicas", "2", "--target-cpu", "0.5",
+        "--scale-delays", "1,2", "--replica-cpus", "1",
+        threads=1, metrics=False, pattern=SERVING, cwd=REPO_ROOT, start_seconds=120,
+    )  # fmt: skip
+    url = f"127.0.0.1:{scaled.port}"
+    heavy = Load(url, tmp_path / "heavy", served.x)
+    light = None
+    try:
+        assert "with 1 to 2 replica(s)" in scaled.output
+        seen(scaled, lambda: 1 in replicas_of(scaled), "a second replica joined")
+        assert re.search(r"cores used over 1 replica\(s\): scaling up to 2", scaled.output)
+        first, added = replicas_of(scaled)[0], replicas_of(scaled)[1]
+        light = Load(url, tmp_path / "light", served.x, threads=1, pause=0.01)
+        before = served_rows(added.control)
+        with InferenceClient(url) as client:  # the repository, as one server, on both
+            assert client.ready("tiny") is True
+        fresh = [grpc.insecure_channel(url, options=[("grpc.use_local_subchannel_pool", 1)])
+                 for _ in range(16)]  # fmt: skip
+        for channel in fresh:  # new connections: the kernel spreads them over both replicas
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            answer = stub.ModelInfer(raw_tiny(served.x[:3]), timeout=WAIT)
+            np.testing.assert_allclose(
+                np.frombuffer(answer.raw_output_contents[0], np.float32).reshape(3, -1),
+                expected(served.repository, served.x[:3]), rtol=1e-5, atol=1e-6,
+            )  # fmt: skip
+            channel.close()
+        assert served_rows(added.control) > before, "no new connection reached the new replica"
+        assert served_rows(first.control) > 0
+        heavy_requests = heavy.stop()
+        heavy = None
+        seen(scaled, lambda: "replica 1: stopped (scaled down)" in scaled.output, "scaled down")
+        assert "scaling down to 1" in scaled.output
+        light.more(10, "the light load answered by the one replica left")
+        light_requests = light.stop()
+        light = None
+    finally:
+        for load in (heavy, light):
+            if load is not None:
+                load.stop()
+        code = scaled.stop(WAIT)
+        scaled.close()
+    assert code == 0, scaled.output[-4000:]
+    for name, requests in (("heavy", heavy_requests), ("light", light_requests)):
+        tally = Load.classify_in(tmp_path / name, requests, served.repository, served.x)
+        print(f"autoscaling, {name} load: {len(requests)} requests, {tally}")
+        assert tally["lost"] == 0 and tally["wrong"] == 0, (tally, scaled.output[-6000:])
+
+
+def seen(server: ServerProcess, check: Any, what: str) -> None:
+    """``wait_until``, with the driver's last lines when it fails."""
+    try:
+        wait_until(check, what, WAIT)
+    except AssertionError as error:
+        raise AssertionError(f"{error}\n{server.output[-6000:]}") from None
+
+
+def raw_tiny(x: np.ndarray) -> pb.ModelInferRequest:
+    request = pb.ModelInferRequest(model_name="tiny")
+    request.inputs.add(name="x", datatype="FP32", shape=list(x.shape))
+    request.raw_input_contents.append(np.ascontiguousarray(x, np.float32).tobytes())
+    return request
 
 
 def test_worker_node_killed_under_load(served: Served, tmp_path: Path) -> None:

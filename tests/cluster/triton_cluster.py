@@ -22,6 +22,7 @@ array it received; the test process does every check against ``builder.reference
 from __future__ import annotations
 
 import json
+import os
 import queue
 import sys
 import threading
@@ -43,7 +44,9 @@ except ImportError as error:  # the test skips before it gets here; say why anyw
 MODEL = "tiny"
 VARIANT = "tiny-fp16"
 WAIT = 60.0  # seconds; a bound for a hung call, not a timing expectation
-THREADS = 16  # connections: all 16 on one of two replicas has odds 2 in 65,536
+# Connections: all 16 on one of two replicas has odds 2 in 65,536 (LOAD_THREADS: fewer).
+THREADS = int(os.environ.get("LOAD_THREADS", "16"))
+PAUSE = float(os.environ.get("LOAD_PAUSE", "0"))  # seconds between a client's requests
 RETRIES = 30  # with the back-off: about 25 s of retrying
 BACKOFF = 0.02  # seconds before the first retry; doubled each time up to 1 s
 
@@ -213,6 +216,7 @@ class Run:
                     break
                 records[index].append({"first": first, "rows": len(rows), "attempts": attempts})
                 sent += 1
+                time.sleep(PAUSE)
             client.close()
 
         threads = [threading.Thread(target=client_loop, args=(k,)) for k in range(THREADS)]

@@ -201,3 +201,28 @@ def test_sigterm_answers_every_request_in_full_or_unavailable(tmp_path: Path, wo
         assert "stopped 2 workers (exit codes [0, 0])" in log.splitlines()[-1], log
         # The connections were spread: each worker drained and refused its own clients.
         assert all(stop[1] > 0 for stop in stops), log
+
+
+def test_in_flight_ns_integrates_the_calls_in_flight_over_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two readings of ``Drain.in_flight_ns`` give the mean number of calls in flight
+    between them (what ``serve --ray --max-replicas`` scales by); on a clock of our own."""
+    from onnxforge.server import drain as drain_module
+
+    clock = [1_000]
+    monkeypatch.setattr(drain_module.time, "monotonic_ns", lambda: clock[0])
+    drain = drain_module.Drain()
+    start = drain.in_flight_ns()
+    drain.enter()  # one call for 100 ns, then two for 50, then one for 50, then none for 800
+    clock[0] += 100
+    drain.enter()
+    clock[0] += 50
+    drain.leave(answered=True)
+    clock[0] += 50
+    drain.leave(answered=True)
+    clock[0] += 800
+    end = drain.in_flight_ns()
+    assert end[1] - start[1] == 1_000
+    assert end[0] - start[0] == 100 + 2 * 50 + 50  # calls x ns
+    assert (end[0] - start[0]) / (end[1] - start[1]) == pytest.approx(0.25)
