@@ -198,6 +198,7 @@ PUBLIC: dict[str, list[str]] = {
     "onnxforge.server.model_config": ["BACKEND", "config_json"],
     "onnxforge.server.health": ["HEALTH_SERVICE", "LIVE_SERVICE", "HealthServicer", "HealthSync"],
     "onnxforge.server.reflection": ["REFLECTION_SERVICE", "ReflectionServicer"],
+    "onnxforge.server.pacing": ["PacedExecutor", "waiting"],
     "onnxforge.protocol.pool": ["POOL"],
     "onnxforge.server.errors": [
         "Code",

@@ -5,8 +5,10 @@ restarts when it dies (``cluster.replica``); the replicas on one node share its 
 (SO_REUSEPORT, as ``--workers`` does) and reach each other as peers (``server.peers``), so
 that a load, an unload, readiness and statistics are the whole deployment's. The driver
 (``cluster.run``, ``cluster.deployment``) places them, restarts their serving and rewires
-them. Ray Serve's gRPC proxy is not on the request path: it measured several times slower
-than the plain server (see ``benchmarks/cluster.py`` and the README).
+them, scales them by load within ``--replicas``..``--max-replicas`` (``cluster.autoscale``)
+and serves their metrics added up (``cluster.metrics``). Ray Serve's gRPC proxy is not on
+the request path: it measured several times slower than the plain server (see
+``benchmarks/cluster.py`` and the README).
 
 Importing this package imports neither Ray nor the server; :func:`serve_on_ray` does.
 """

@@ -127,6 +127,18 @@ class Deployment:
         models = self._serving_models(exclude=None)
         return len(models or ())
 
+    def metrics_texts(self) -> list[str]:
+        """The metrics of every serving replica that answers within the probe time."""
+        calls = [member.handle.metrics_text.remote() for member in self.members if member.up]
+        done, _ = ray.wait(calls, num_returns=len(calls), timeout=PROBE_SECONDS)
+        texts = []
+        for ref in done:
+            try:
+                texts.append(str(ray.get(ref)))
+            except RayError:  # it died meanwhile: the next tick sees it
+                continue
+        return texts
+
     def nodes(self) -> int:
         return len({member.info.node_id for member in self.members if member.info})
 
@@ -320,10 +332,10 @@ class Deployment:
 
 
 def replica_settings(settings: Settings, cpus: float) -> Settings:
-    """Each replica's own: ONNX Runtime threads to its CPUs unless set; no metrics port clash."""
+    """Each replica's own: ONNX Runtime threads to its CPUs unless set; no metrics port (the
+    driver serves every replica's metrics, added up: ``cluster.metrics``)."""
     threads = settings.threads or max(1, int(cpus))
-    metrics = None if settings.metrics_port is None else 0
-    return dataclasses.replace(settings, threads=threads, metrics_port=metrics)
+    return dataclasses.replace(settings, threads=threads, metrics_port=None)
 
 
 def _last_line(error: BaseException) -> str:

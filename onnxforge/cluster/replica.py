@@ -96,6 +96,13 @@ class ReplicaServer:
         in_flight, now = running.plane.drain.in_flight_ns() if running else (0, 0)
         return in_flight, time.process_time_ns(), now or time.monotonic_ns()
 
+    def metrics_text(self) -> str:
+        """Its Prometheus metrics, as text (the driver adds every replica's up)."""
+        from prometheus_client import generate_latest
+
+        running = self.running
+        return generate_latest(running.metrics.registry).decode() if running else ""
+
     async def ready_models(self) -> list[str]:
         """The models this replica serves now (for a restarted replica to match)."""
         entries = await self._running().plane.index(ready_only=True)

@@ -11,6 +11,7 @@ import dataclasses
 import logging
 import signal
 import threading
+from typing import Any
 
 from onnxforge.cluster.options import LOCAL, RayOptions
 from onnxforge.server.app import Settings
@@ -20,6 +21,18 @@ TICK_SECONDS = 0.5
 # With autoscaling, a client connection is closed (GOAWAY, its calls finish, the client
 # reconnects) after this long, so that clients spread over replicas added since.
 CONNECTION_AGE_SECONDS = 30.0
+
+
+def serve_metrics(deployment: Any, host: str, port: int) -> Any:
+    """``/metrics`` on ``port``: every replica's metrics added up at each scrape."""
+    from prometheus_client import CollectorRegistry
+
+    from onnxforge.cluster.metrics import ClusterMetrics
+    from onnxforge.server import metrics
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ClusterMetrics(deployment.metrics_texts))
+    return metrics.serve(host, port, registry)
 
 
 def serve_on_ray(
@@ -88,10 +101,14 @@ def serve_on_ray(
                     needed,
                     free,
                 )
+        metrics_server = None
+        if settings.metrics_port is not None:
+            metrics_server = serve_metrics(deployment, settings.host, settings.metrics_port)
         http = deployment.http_port
         scheme = "https" if settings.security.tls else "http"
         log.info(
-            "ray: serving %d model(s) from %s with %s replica(s) on %d node(s) at %s:%d%s",
+            "ray: serving %d model(s) from %s with %s replica(s) on %d node(s) at %s:%d%s "
+            "(metrics: %s)",
             deployment.models(),
             settings.repository,
             f"{replicas} to {scaler.maximum}" if scaler.enabled else replicas,
@@ -99,6 +116,9 @@ def serve_on_ray(
             settings.host,
             port,
             f", HTTP on {scheme}://{settings.host}:{http}" if http is not None else "",
+            f"http://{settings.host}:{metrics_server.server_port}/metrics"
+            if metrics_server is not None
+            else "off",
         )
         while not stop.wait(TICK_SECONDS):
             try:
@@ -107,6 +127,8 @@ def serve_on_ray(
                 log.exception("watching the replicas")
         log.info("ray: shutting down: every replica finishes its in-flight requests")
         deployment.stop(settings.grace_seconds)
+        if metrics_server is not None:
+            metrics_server.shutdown()
         return 0
     finally:
         ray.shutdown()

@@ -518,7 +518,7 @@ def test_autoscaling_adds_a_replica_under_load_and_drains_it_when_the_load_falls
         "--ray", served.cluster.address, "--ray-namespace", "autoscaled",
         "--replicas", "1", "--max-replicas", "2", "--target-cpu", "0.5",
         "--scale-delays", "1,2", "--replica-cpus", "1",
-        threads=1, metrics=False, pattern=SERVING, cwd=REPO_ROOT, start_seconds=120,
+        threads=1, metrics=True, pattern=SERVING, cwd=REPO_ROOT, start_seconds=120,
     )  # fmt: skip
     url = f"127.0.0.1:{scaled.port}"
     heavy = Load(url, tmp_path / "heavy", served.x)
@@ -544,6 +544,16 @@ def test_autoscaling_adds_a_replica_under_load_and_drains_it_when_the_load_falls
             channel.close()
         assert served_rows(added.control) > before, "no new connection reached the new replica"
         assert served_rows(first.control) > 0
+        # The driver's /metrics adds both replicas up (each replica serves none of its own).
+        found = re.search(r"\(metrics: (http://\S+/metrics)\)", scaled.output)
+        assert found, scaled.output[-2000:]
+        with urllib.request.urlopen(found.group(1), timeout=WAIT) as page:
+            scraped = page.read().decode()
+        assert re.search(r"^onnxforge_replicas 2\.0$", scraped, re.MULTILINE), scraped[-2000:]
+        answered = re.search(
+            r'^onnxforge_requests_total\{model="tiny",status="OK"\} (\S+)$', scraped, re.MULTILINE
+        )
+        assert answered and float(answered.group(1)) >= 16, scraped[-2000:]
         heavy_requests = heavy.stop()
         heavy = None
         seen(scaled, lambda: "replica 1: stopped (scaled down)" in scaled.output, "scaled down")
