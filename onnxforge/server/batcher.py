@@ -83,6 +83,7 @@ class _Request:
         "inputs",
         "lead",
         "loop",
+        "loop_thread",
         "outputs",
         "results",
         "rows",
@@ -104,6 +105,7 @@ class _Request:
         self.cancelled = False  # the caller left: not to be run
         self.lead = False  # handed an instance: its caller runs the next batch
         self.loop = loop  # an event-loop caller's loop; None: a caller on its own thread
+        self.loop_thread = threading.get_ident() if loop is not None else 0  # the loop's
         self.event: threading.Event | None = None  # made when a blocking caller must wait
         self.future: asyncio.Future[None] | None = None if loop is None else loop.create_future()
 
@@ -116,6 +118,9 @@ class _Request:
         if self.event is not None:
             self.event.set()
         elif self.loop is not None and self.future is not None:
+            if threading.get_ident() == self.loop_thread:  # run on the loop: no wake-up
+                _settle(self.future)
+                return
             # A closed loop raises RuntimeError: nobody is waiting any more.
             with contextlib.suppress(RuntimeError):
                 self.loop.call_soon_threadsafe(_settle, self.future)
