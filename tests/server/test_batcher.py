@@ -260,10 +260,16 @@ def test_a_model_timed_quick_at_load_runs_its_first_lone_request_on_the_loop() -
         loop_thread = threading.get_ident()
         quick = Batcher("m", run, max_batch_size=8, max_queue_delay_us=0, inline_us=200, quick=True)
         never = Batcher("n", run, max_batch_size=8, max_queue_delay_us=0, inline_us=0, quick=True)
+        loop = asyncio.get_running_loop()
+        wakes = []
+        threadsafe = loop.call_soon_threadsafe
+        loop.call_soon_threadsafe = lambda *a: (wakes.append(a), threadsafe(*a))[1]  # type: ignore[method-assign]
         got = await quick.submit({"x": np.ones((1, 3))}, ["total"])
         assert got["total"].tolist() == [[3.0]] and ran_on[-1] == loop_thread
+        assert wakes == []  # answered on the loop's own thread: no wake-up through its pipe
         await quick.submit({"x": np.ones((2, 3))}, ["total"])
         assert ran_on[-1] != loop_thread  # two rows were never timed
+        assert len(wakes) == 1  # answered on the model's thread: the loop is woken
         await never.submit({"x": np.ones((1, 3))}, ["total"])
         assert ran_on[-1] != loop_thread
         await quick.close()
