@@ -50,6 +50,9 @@ from onnxforge.server.errors import DeadlineExceeded, ModelShuttingDown, QueueFu
 from onnxforge.server.pacing import waiting
 
 INLINE_AFTER = 16  # quick lone runs in a row before a lone request runs on the loop
+# A quick run's wall time may exceed its CPU time (waiting for the GIL under load), but
+# not by more than this factor.
+WALL_SLACK = 20
 Arrays = Mapping[str, np.ndarray]
 Results = dict[str, np.ndarray]
 RunBatch = Callable[[Arrays, Sequence[str]], Results]
@@ -434,7 +437,8 @@ class Batcher:
 
     def _timed_run(self, inputs: Arrays, outputs: Sequence[str], rows: int) -> tuple[Results, int]:
         """One run and its wall time; a run's CPU time on this thread tells whether the
-        model is quick (wall time would not: under load, a quick run waits for the GIL)."""
+        model is quick (wall time alone would not: under load, a quick run waits for the
+        GIL), with a bound on its wall time (``_note``)."""
         started, cpu_started = time.monotonic_ns(), time.thread_time_ns()
         try:
             with self._yielding(rows):
@@ -442,9 +446,10 @@ class Batcher:
         except Exception:
             self._quick_runs = self._quick_rows = 0
             raise
+        elapsed = time.monotonic_ns() - started
         if self._inline_ns > 0:
-            self._note(rows, time.thread_time_ns() - cpu_started)
-        return results, time.monotonic_ns() - started
+            self._note(rows, time.thread_time_ns() - cpu_started, elapsed)
+        return results, elapsed
 
     def _yielding(self, rows: int) -> contextlib.AbstractContextManager[None]:
         """Around a run: ONNX Runtime lets go of the GIL, so a slow run gives its caller's
@@ -452,9 +457,14 @@ class Batcher:
         waking a thread would cost more than the run."""
         return contextlib.nullcontext() if self._inline(rows) else waiting()
 
-    def _note(self, rows: int, elapsed_ns: int) -> None:
-        """Count a quick run, or start counting again after a slow one."""
-        if elapsed_ns <= self._inline_ns:
+    def _note(self, rows: int, cpu_ns: int, wall_ns: int) -> None:
+        """Count a quick run, or start counting again after a slow one.
+
+        Quick: at most ``inline_us`` of this thread's CPU, and at most WALL_SLACK times that
+        of wall time -- a run that waits long without working (a sleep, a device, threads
+        that do the work elsewhere) is slow too, or it would hold its caller's place.
+        """
+        if cpu_ns <= self._inline_ns and wall_ns <= WALL_SLACK * self._inline_ns:
             self._quick_runs += 1
             self._quick_rows = max(self._quick_rows, rows)
         else:

@@ -10,7 +10,13 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 import pytest
 
-from onnxforge.server.batcher import INLINE_AFTER, Batcher, BatchStats, RequestCancelled
+from onnxforge.server.batcher import (
+    INLINE_AFTER,
+    WALL_SLACK,
+    Batcher,
+    BatchStats,
+    RequestCancelled,
+)
 from onnxforge.server.errors import Code, DeadlineExceeded, QueueFull
 from tests.helpers import wait_until, wait_until_async
 
@@ -234,14 +240,46 @@ def test_a_quick_model_runs_lone_requests_on_the_loop_until_a_run_is_slow() -> N
             assert await lone(2) != loop_thread  # measured on the model's thread first
         assert await lone(1) == loop_thread
         assert await lone(3) != loop_thread  # more rows than any measured run
-        waited[0] = 0.25  # a run that waits (for the GIL, say) without working ...
+        waited[0] = 0.5  # a run that waits (for the GIL, say) without working, a while ...
         assert await lone(1) == loop_thread
         waited[0] = 0.0
-        assert await lone(1) == loop_thread  # ... is not a slow one: its CPU time counts
+        assert await lone(1) == loop_thread  # ... is not slow: its CPU time counts (and its
+        # wall time only beyond WALL_SLACK x inline_us, 4 s here)
         delay[0] = 0.25  # over inline_us of work on the calling thread: the model turned slow
         assert await lone(1) == loop_thread  # that one run holds the loop up ...
         delay[0] = 0.0
         assert await lone(1) != loop_thread  # ... and the next runs on the thread again
+        await batcher.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_run_that_waits_past_the_wall_bound_is_slow_whatever_its_cpu_time() -> None:
+    """A run of little CPU but long waiting (a sleep here; a device, or threads doing the
+    work elsewhere) is slow past WALL_SLACK x inline_us: it must not hold its caller's place
+    or the loop as a quick one would."""
+    ran_on: list[int] = []
+    waited = [0.0]
+
+    def run(inputs: Mapping[str, np.ndarray], outputs: Sequence[str]) -> dict:
+        ran_on.append(threading.get_ident())
+        time.sleep(waited[0])
+        return model(inputs, outputs)
+
+    async def scenario() -> None:
+        loop_thread = threading.get_ident()
+        inline_us = 20_000  # wall bound: WALL_SLACK x 20 ms = 0.4 s
+        batcher = Batcher("m", run, max_batch_size=8, max_queue_delay_us=0,
+                          inline_us=inline_us, quick=True)  # fmt: skip
+        assert WALL_SLACK * inline_us / 1e6 == pytest.approx(0.4)
+        waited[0] = 0.1  # within the bound: still quick
+        await batcher.submit({"x": np.ones((1, 3))}, ["total"])
+        assert ran_on[-1] == loop_thread
+        waited[0] = 0.6  # past it: this run (already inline) counts as slow ...
+        await batcher.submit({"x": np.ones((1, 3))}, ["total"])
+        waited[0] = 0.0
+        await batcher.submit({"x": np.ones((1, 3))}, ["total"])
+        assert ran_on[-1] != loop_thread  # ... and the next goes to the model's thread
         await batcher.close()
 
     asyncio.run(scenario())
