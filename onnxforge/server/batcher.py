@@ -25,7 +25,8 @@ the loop's own thread, sparing the hop to a thread and back, and a blocking call
 runs at once on its own thread, beside any other run (waking and being woken would cost more
 than the run). Quick means: its one-row run timed within ``inline_us`` when it was loaded
 (``quick``), or INLINE_AFTER runs in a row each took at most ``inline_us`` of their thread's
-CPU time (wall time would not do: under load a quick run also waits for the GIL); 0: never.
+CPU time (wall time would not do: under load a quick run also waits for the GIL) and at most
+WALL_SLACK times that of wall time; 0: never.
 One run over ``inline_us`` sends the model back to its threads and its batches until it has
 proved quick again: a model that turns slow holds up the loop for that one run.
 
