@@ -335,7 +335,10 @@ def replica_settings(settings: Settings, cpus: float) -> Settings:
     """Each replica's own: ONNX Runtime threads to its CPUs unless set; no metrics port (the
     driver serves every replica's metrics, added up: ``cluster.metrics``)."""
     threads = settings.threads or max(1, int(cpus))
-    return dataclasses.replace(settings, threads=threads, metrics_port=None)
+    where = None if settings.metrics_port is None else "the Ray driver's, added up"
+    return dataclasses.replace(
+        settings, threads=threads, metrics_port=None, metrics_elsewhere=where
+    )
 
 
 def _last_line(error: BaseException) -> str:
