@@ -283,10 +283,10 @@ def serve(
         replica_cpus,
         ray_namespace,
         workers,
-        max_replicas,
-        target_ongoing,
-        scale_delays,
-        target_cpu,
+        max_replicas=max_replicas,
+        target_ongoing=target_ongoing,
+        target_cpu=target_cpu,
+        scale_delays=scale_delays,
     )
     log_level = _quiet_level(log_level)
     logs.configure(log_level, log_format)

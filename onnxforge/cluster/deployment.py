@@ -82,7 +82,7 @@ class Deployment:
         )
         if not nodes:
             raise DeploymentError("the Ray cluster has no live node")
-        free = float(ray.available_resources().get("CPU", 0.0))  # type: ignore[no-untyped-call]
+        free = free_cpus()
         if free < self.replicas * self.cpus:  # else Ray would wait for CPUs, maybe forever
             raise DeploymentError(
                 f"{self.replicas} replicas of {self.cpus:g} CPUs need {self.replicas * self.cpus:g}"
@@ -174,8 +174,9 @@ class Deployment:
         for member, reading in zip(up, readings, strict=True):
             last, member.reading = member.reading, reading
             # A restarted process starts its counts again: one reading to begin with.
-            fresh = last is None or reading[0] < last[0] or reading[1] < last[1]
-            if last is not None and not fresh and reading[2] > last[2]:
+            if last is None or reading[0] < last[0] or reading[1] < last[1]:
+                continue
+            if reading[2] > last[2]:
                 ongoing += (reading[0] - last[0]) / (reading[2] - last[2])
                 cores += (reading[1] - last[1]) / (reading[2] - last[2])
         current = len(self.members)
@@ -344,6 +345,11 @@ def replica_settings(settings: Settings, cpus: float) -> Settings:
 def _last_line(error: BaseException) -> str:
     lines = [line for line in str(error).splitlines() if line.strip()]
     return lines[-1] if lines else type(error).__name__
+
+
+def free_cpus() -> float:
+    """The CPUs no actor or task holds on the cluster now."""
+    return float(ray.available_resources().get("CPU", 0.0))  # type: ignore[no-untyped-call]
 
 
 def live_nodes() -> list[dict[str, Any]]:

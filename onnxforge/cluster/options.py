@@ -126,10 +126,11 @@ def ray_settings(
     cpus: float,
     namespace: str,
     workers: int,
+    *,
     max_replicas: int | None = None,
     target_ongoing: float = 2.0,
-    scale_delays: tuple[float, float] = (5.0, 60.0),
     target_cpu: float = 0.8,
+    scale_delays: tuple[float, float] = (5.0, 60.0),
 ) -> RayOptions | None:
     """The options as one value (None without --ray); refuses flags that do not combine."""
     if address is None:

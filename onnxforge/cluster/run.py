@@ -45,6 +45,7 @@ def serve_on_ray(
     from onnxforge.cluster.deployment import (
         Deployment,
         DeploymentError,
+        free_cpus,
         live_nodes,
         replica_settings,
     )
@@ -93,7 +94,7 @@ def serve_on_ray(
             return 1
         if scaler.enabled:
             needed = (scaler.maximum - replicas) * options.cpus
-            free = float(ray.available_resources().get("CPU", 0.0))  # type: ignore[no-untyped-call]
+            free = free_cpus()
             if free < needed:  # a cluster autoscaler may add nodes; else they wait for CPUs
                 log.warning(
                     "ray: --max-replicas %d needs %g more CPUs; the cluster has %g free now",

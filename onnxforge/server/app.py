@@ -151,14 +151,9 @@ def grpc_threads_for(settings: Settings, registry: Registry) -> int:
     """
     if settings.grpc_threads is not None:
         return settings.grpc_threads
-    limit_ns = settings.inline_us * 1000
-    lone_runs = [
-        version.lone_run_ns
-        for entry in registry.entries.values()
-        for version in entry.versions.values()
-    ]
-    quick = all(ns is not None and ns <= limit_ns for ns in lone_runs)
-    return DEFAULT_GRPC_THREADS if quick and limit_ns > 0 else 0
+    versions = [v for entry in registry.entries.values() for v in entry.versions.values()]
+    quick = settings.inline_us > 0 and all(v.quick(settings.inline_us) for v in versions)
+    return DEFAULT_GRPC_THREADS if quick else 0
 
 
 async def create_server(settings: Settings) -> Running:

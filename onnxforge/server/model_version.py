@@ -66,6 +66,12 @@ class Version:
         default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="onnxforge-model")
     )
 
+    def quick(self, inline_us: int) -> bool:
+        """Whether its lone run, timed at load, took at most ``inline_us`` (0: never quick)."""
+        return (
+            inline_us > 0 and self.lone_run_ns is not None and self.lone_run_ns <= inline_us * 1000
+        )
+
     @property
     def variant(self) -> str:
         return self.props.get(metadata.VARIANT, "unknown")
@@ -220,7 +226,6 @@ def attach_batcher(
     if version.serving.max_batch_size <= 0 or not batching:
         version.runs  # made now, before requests from several threads race to make it  # noqa: B018
         return  # every request runs on its own
-    quick = version.lone_run_ns is not None and version.lone_run_ns <= inline_us * 1000
     version.batcher = Batcher(
         version.model,
         version.run,
@@ -231,5 +236,5 @@ def attach_batcher(
         executor=version.executor,
         on_batch=version.report,
         inline_us=inline_us,
-        quick=quick,
+        quick=version.quick(inline_us),
     )
