@@ -2,14 +2,16 @@
 
 A small model (a 32-64-64-6 MLP, built into a scratch repository) makes ``session.run``
 cheap (tens of microseconds), so what a 1-row request costs is the server's own path:
-gRPC, the data plane, the batcher, statistics and metrics. Three servers answer the same
+gRPC, the data plane, the batcher, statistics and metrics. These servers answer the same
 ``ModelInfer`` bytes:
 
-- ``onnxforge``: ``python -m onnxforge serve`` (the harness's ``ServerProcess``), metrics on;
-- ``onnxforge-aio``: the same with ``--grpc-threads 0`` (gRPC on grpc.aio, every call on the
-  event loop, instead of the thread pool);
+- ``onnxforge``: ``python -m onnxforge serve`` (the harness's ``ServerProcess``), metrics on
+  (gRPC on grpc.aio, on uvloop: the defaults);
+- ``onnxforge-threads``: the same with ``--grpc-threads 64`` (ModelInfer on the thread pool,
+  one call running at a time);
 - ``null-aio``: a do-nothing ``grpc.aio`` server answering a canned response (the one of
   ``serving.py``, ``serving_workers.null_server_main``, with onnxforge's server options);
+- ``null-aio-uvloop``: the same on uvloop;
 - ``baseline`` (``--baseline DIR``): onnxforge served from another source tree, to compare
   a change with what it changes;
 - ``null-sync``: the same canned answer from a thread-pool (``grpc.server``) servicer, the
@@ -43,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from serving_workers import METHOD, null_server_main, null_sync_main
+from serving_workers import METHOD, null_server_main, null_sync_main, null_uvloop_main
 
 from onnxforge.bench import (
     Load,
@@ -72,7 +74,7 @@ layers:
   - {{type: dense, units: 6, activation: softmax}}
 serving: {{max_batch_size: 64, max_queue_delay_us: 500, instances: 1}}
 """
-SERVERS = ("onnxforge", "onnxforge-aio", "null-aio", "null-sync")
+SERVERS = ("onnxforge", "onnxforge-threads", "null-aio", "null-aio-uvloop", "null-sync")
 
 
 def steal_seconds() -> float:
@@ -196,9 +198,9 @@ def start_servers(repo: Path, payload: bytes, args: argparse.Namespace) -> dict[
                 repo, *extra, "--workers", str(workers), threads=args.threads, cwd=ROOT
             )
             servers[f"onnxforge-w{workers}"] = (many.pid, many.port, many.close)
-    if "onnxforge-aio" in args.servers:
-        aio = ServerProcess(repo, *extra, "--grpc-threads", "0", threads=args.threads, cwd=ROOT)
-        servers["onnxforge-aio"] = (aio.pid, aio.port, aio.close)
+    if "onnxforge-threads" in args.servers:
+        pool = ServerProcess(repo, *extra, "--grpc-threads", "64", threads=args.threads, cwd=ROOT)
+        servers["onnxforge-threads"] = (pool.pid, pool.port, pool.close)
     if args.baseline is not None:  # the same server from another source tree (cwd first)
         other = ServerProcess(repo, *extra, threads=args.threads, cwd=args.baseline)
         servers["baseline"] = (other.pid, other.port, other.close)
@@ -210,8 +212,11 @@ def start_servers(repo: Path, payload: bytes, args: argparse.Namespace) -> dict[
     spawn = multiprocessing.get_context("spawn")
     for name, target, given in (
         ("null-aio", null_server_main, {(MODEL, 1): response}),
+        ("null-aio-uvloop", null_uvloop_main, {(MODEL, 1): response}),
         ("null-sync", null_sync_main, {payload: response}),
     ):
+        if name not in args.servers:
+            continue
         parent, child = spawn.Pipe()
         process = spawn.Process(target=target, args=(given, child), daemon=True)
         process.start()

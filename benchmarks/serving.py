@@ -9,7 +9,8 @@ KServe v2 ``ModelInfer`` bytes (FP32 in raw_input_contents) go to:
 
 - ``onnxforge``: ``python -m onnxforge serve REPO``, its defaults as a new user gets them;
 - ``null-aio``: a do-nothing ``grpc.aio`` server with the generated service (parses the
-  request, answers onnxforge's real answer), the first floor;
+  request, answers onnxforge's real answer), the first floor; ``null-aio-uvloop`` the same
+  on uvloop (the loop onnxforge serves on);
 - ``null-sync``: a do-nothing thread-pool ``grpc.server``, bytes in and bytes out, the
   cheapest Python gRPC server: the second floor;
 - ``kserve``, ``mlserver`` (with and without adaptive batching, with and without its

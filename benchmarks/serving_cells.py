@@ -23,12 +23,13 @@ from serving_workers import MODELS, REQUEST_TIMEOUT_S
 from onnxforge.bench import machine_busy, percentiles_ms, process_tree_cpu_seconds
 
 #: Every server there may be, in the order of the first round (later rounds alternate).
-SERVERS = ("onnxforge", "null-aio", "null-sync", "kserve", "mlserver", "mlserver-batching",
-           "mlserver-inline", "mlserver-inline-batching")  # fmt: skip
+SERVERS = ("onnxforge", "null-aio", "null-aio-uvloop", "null-sync", "kserve", "mlserver",
+           "mlserver-batching", "mlserver-inline", "mlserver-inline-batching")  # fmt: skip
 LABELS = {
     "ort": "ONNX Runtime in-process",
     "onnxforge": "onnxforge serve (defaults)",
     "null-aio": "do-nothing grpc.aio server",
+    "null-aio-uvloop": "do-nothing grpc.aio server on uvloop",
     "null-sync": "do-nothing grpc thread-pool server",
     "kserve": "KServe ModelServer + ORT",
     "mlserver": "MLServer + ORT",

@@ -15,6 +15,7 @@ from serving_workers import MODELS
 COLORS = {
     "onnxforge": "#4c72b0",
     "null-aio": "0.55",
+    "null-aio-uvloop": "0.45",
     "null-sync": "0.3",
     "kserve": "#dd8452",
     "mlserver": "#55a868",

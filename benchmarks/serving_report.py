@@ -96,7 +96,7 @@ def _floors(report: Report) -> dict[str, Any]:
     """The small model against the do-nothing servers: CPU per request and c=1 latency."""
     out: dict[str, Any] = {}
     ours32 = find(report, "onnxforge", "small", 1, 32)
-    floors = [find(report, s, "small", 1, 32) for s in ("null-aio", "null-sync")]
+    floors = [find(report, s, "small", 1, 32) for s in ("null-aio", "null-aio-uvloop", "null-sync")]
     floors = [f for f in floors if f is not None and f["server_cpu_us_per_request"]]
     if ours32 is not None and floors:
         cheapest = min(floors, key=lambda f: f["server_cpu_us_per_request"])

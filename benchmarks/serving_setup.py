@@ -28,6 +28,7 @@ from serving_workers import (
     compute_main,
     null_server_main,
     null_sync_main,
+    null_uvloop_main,
 )
 
 from onnxforge.bench import ServerProcess, process_tree_rss_kib
@@ -218,6 +219,9 @@ def prepare(
     log(f"answers of {', '.join(checked)} checked against ONNX Runtime "
         f"(max abs diff {max(check.values()):.1e})")  # fmt: skip
     processes.servers["null-aio"] = start_null(processes, "null-aio", null_server_main, responses)
+    processes.servers["null-aio-uvloop"] = start_null(
+        processes, "null-aio-uvloop", null_uvloop_main, responses
+    )
     by_request = {payloads[(m, n)]: responses[(MODELS[m], n)] for m, n in payloads}
     processes.servers["null-sync"] = start_null(processes, "null-sync", null_sync_main, by_request)
     rig.client = processes.worker(client_main)[0]

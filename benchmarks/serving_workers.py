@@ -3,6 +3,7 @@
 Each runs in a process of its own (``multiprocessing`` spawn), driven over a pipe:
 
 - ``null_server_main``: the do-nothing ``grpc.aio`` server (the generated service);
+  ``null_uvloop_main`` the same on uvloop, the loop ``onnxforge serve`` runs on;
 - ``null_sync_main``: the do-nothing thread-pool ``grpc.server`` (bytes in, bytes out);
 - ``client_main``: the load generator, one closed-loop cell per command (the harness's
   driver, ``onnxforge.bench.drive``, sending prebuilt request bytes);
@@ -26,9 +27,11 @@ REQUEST_TIMEOUT_S = 30.0
 MODELS = {"small": "small-mlp", "wide": "wide-mlp"}
 
 
-def null_server_main(responses: dict[tuple[str, int], bytes], conn: Any) -> None:
+def null_server_main(
+    responses: dict[tuple[str, int], bytes], conn: Any, uvloop: bool = False
+) -> None:
     """``grpc.aio`` with the generated service; ModelInfer answers a precomputed response
-    (by model name and rows), with onnxforge's server options."""
+    (by model name and rows), with onnxforge's server options; on uvloop with ``uvloop``."""
     import grpc
 
     from onnxforge.protocol.generated import inference_pb2 as pb
@@ -62,7 +65,17 @@ def null_server_main(responses: dict[tuple[str, int], bytes], conn: Any) -> None
         await loop.run_in_executor(None, conn.poll, 86400)
         await server.stop(1)
 
-    asyncio.run(run())
+    if uvloop:
+        import uvloop as uv
+
+        uv.run(run())
+    else:
+        asyncio.run(run())
+
+
+def null_uvloop_main(responses: dict[tuple[str, int], bytes], conn: Any) -> None:
+    """:func:`null_server_main` on uvloop."""
+    null_server_main(responses, conn, uvloop=True)
 
 
 def null_sync_main(responses: dict[bytes, bytes], conn: Any) -> None:

@@ -12,9 +12,10 @@ import math
 import os
 from pathlib import Path
 
-__all__ = ["affinity_cpus", "cgroup_cpus", "usable_cpus"]
+__all__ = ["affinity_cpus", "cgroup_cpus", "intra_op_threads", "physical_cores", "usable_cpus"]
 
 CGROUP = Path("/sys/fs/cgroup")
+CPUS = Path("/sys/devices/system/cpu")
 
 
 def affinity_cpus() -> int | None:
@@ -22,6 +23,36 @@ def affinity_cpus() -> int | None:
     if hasattr(os, "sched_getaffinity"):
         return len(os.sched_getaffinity(0))
     return None
+
+
+def physical_cores(root: Path = CPUS) -> int | None:
+    """Physical cores among the CPUs this process may run on (hyper-threads of one core
+    count once); None where the topology is not known."""
+    cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    if cpus is None:
+        return None
+    cores = set()
+    for cpu in cpus:
+        topology = root / f"cpu{cpu}" / "topology"
+        try:
+            package = (topology / "physical_package_id").read_text().strip()
+            core = (topology / "core_id").read_text().strip()
+        except OSError:
+            return None
+        cores.add((package, core))
+    return len(cores) or None
+
+
+def intra_op_threads(workers: int = 1) -> int:
+    """ONNX Runtime intra-op threads per session for each of ``workers`` processes.
+
+    ONNX Runtime's own default is one thread per physical core of the affinity mask; it
+    does not read the cgroup quota, so in a container limited to 2 cores of a 64-core host
+    it would start 64 threads per session. This is that default capped by the quota
+    (:func:`usable_cpus`), shared out among the workers, at least one each.
+    """
+    cores = min(physical_cores() or usable_cpus(), usable_cpus())
+    return max(1, cores // max(1, workers))
 
 
 def cgroup_cpus(root: Path = CGROUP) -> float | None:

@@ -25,7 +25,13 @@ import onnxforge
 
 PUBLIC: dict[str, list[str]] = {
     "onnxforge": ["__version__"],
-    "onnxforge.cpus": ["affinity_cpus", "cgroup_cpus", "usable_cpus"],
+    "onnxforge.cpus": [
+        "affinity_cpus",
+        "cgroup_cpus",
+        "intra_op_threads",
+        "physical_cores",
+        "usable_cpus",
+    ],
     "onnxforge.bench": [
         "Level",
         "Load",
@@ -199,6 +205,7 @@ PUBLIC: dict[str, list[str]] = {
     "onnxforge.server.health": ["HEALTH_SERVICE", "LIVE_SERVICE", "HealthServicer", "HealthSync"],
     "onnxforge.server.reflection": ["REFLECTION_SERVICE", "ReflectionServicer"],
     "onnxforge.server.pacing": ["PacedExecutor", "waiting"],
+    "onnxforge.server.loop": ["ENV", "loop_factory", "name", "run"],
     "onnxforge.protocol.pool": ["POOL"],
     "onnxforge.server.errors": [
         "Code",

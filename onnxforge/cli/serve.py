@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -151,8 +150,8 @@ def limit_options(command: Any) -> Any:
     type=click.IntRange(min=0),
     default=0,
     show_default=True,
-    help="ONNX Runtime intra-op threads per session (0: its own choice; with several "
-    "workers, the cores shared out among them).",
+    help="ONNX Runtime intra-op threads per session (0: one per physical core this process "
+    "may use, within its cgroup's CPU quota; with several workers, shared out among them).",
 )
 @click.option(
     "--spinning/--no-spinning",
@@ -189,11 +188,12 @@ def limit_options(command: Any) -> Any:
 @click.option(
     "--grpc-threads",
     type=GrpcThreads(),
-    default="auto",
+    default="0",
     show_default=True,
-    help="Threads serving ModelInfer on the gRPC port (streams and other calls have their "
-    "own); 0 serves gRPC on the event loop (grpc.aio) instead; 'auto': threads when every "
-    "model loaded at start-up is quick (a one-row run within --inline-us), else the loop.",
+    help="0: gRPC on the event loop (grpc.aio). N: ModelInfer on a pool of N threads, one "
+    "running at a time (streams and other calls stay on the loop); lower latency for one "
+    "lone client of a quick model, fewer requests answered under load. 'auto': threads when "
+    "every model loaded at start-up is quick (a one-row run within --inline-us).",
 )
 @click.option("--watch", is_flag=True, help="Reload models whose files or spec change.")
 @click.option(
@@ -260,6 +260,7 @@ def serve(
     accepting requests, finishes those in flight, and exits 0.
     """
     from onnxforge.server import logs
+    from onnxforge.server import loop as event_loop
     from onnxforge.server.app import Settings
     from onnxforge.server.app import serve as run
     from onnxforge.server.security import Security, SecurityError
@@ -294,7 +295,8 @@ def serve(
         repository=repository,
         host=host,
         port=port,
-        threads=_threads_per_worker(threads, workers),
+        # A Ray replica sizes its own from --replica-cpus (onnxforge.cluster.deployment).
+        threads=threads if on_ray is not None else _threads_per_worker(threads, workers),
         spinning=spinning,
         build_missing=not no_build,
         max_queue=max_queue,
@@ -319,7 +321,7 @@ def serve(
             from onnxforge.server.workers import run_workers
 
             raise SystemExit(run_workers(settings, workers, log_level, log_format))
-        asyncio.run(run(settings))
+        event_loop.run(run(settings))
     except OSError as error:
         raise click.ClickException(f"cannot serve on {host}:{port}: {error}") from None
 
@@ -337,9 +339,10 @@ def _quiet_level(log_level: str) -> str:
 
 
 def _threads_per_worker(threads: int, workers: int) -> int:
-    """Several workers each left to ONNX Runtime's choice would each take every core."""
-    if threads or workers <= 1:
+    """``--threads 0``: ONNX Runtime's own choice would ignore a cgroup's CPU quota, and
+    several workers would each take every core; so the cores are counted here."""
+    if threads:
         return threads
-    from onnxforge.cpus import usable_cpus
+    from onnxforge.cpus import intra_op_threads
 
-    return max(1, usable_cpus() // workers)
+    return intra_op_threads(workers)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import grpc
 
+from onnxforge.server import loop as event_loop
 from onnxforge.server.dataplane import DataPlane
 from onnxforge.server.health import HEALTH_SERVICE, HealthServicer, HealthSync
 from onnxforge.server.metrics import Metrics
@@ -69,7 +70,7 @@ class Settings:
     # Threads serving ModelInfer on the public gRPC port (server.threaded; streams and the
     # other calls have threads of their own). 0: grpc.aio, every call on the event loop.
     # None: chosen from the models loaded at start-up (grpc_threads_for).
-    grpc_threads: int | None = None
+    grpc_threads: int | None = 0
     control_port: bool = False  # also listen on a private port for peer workers
     # Where that private port listens: loopback for --workers; the node's address for the
     # replicas of a Ray cluster (onnxforge.cluster), which are peers across machines.
@@ -138,16 +139,21 @@ class Running:
         )
 
 
-def grpc_threads_for(settings: Settings, registry: Registry) -> int:
-    """``settings.grpc_threads``, or when it is None the transport that suits the models.
+def _threads_said(threads: int) -> str:
+    if threads == 0:
+        return "ONNX Runtime's own intra-op threads"
+    return f"{threads} intra-op thread{'s' if threads > 1 else ''} per session"
 
-    Measured with 32 clients on 2 cores (``benchmarks/serving.py``): a quick model (a
-    one-row run of microseconds) costs less CPU per request on the thread pool, which also
-    answers a lone client sooner; a slow model (the wide example, a millisecond a row)
-    served 1.5x the requests on grpc.aio, whose loop takes requests in faster while ONNX
-    Runtime runs, so its batches fill. So: the thread pool when every model loaded at
-    start-up timed quick at load (``Version.lone_run_ns`` within ``inline_us``), grpc.aio
-    otherwise. Models loaded later do not change the choice.
+
+def grpc_threads_for(settings: Settings, registry: Registry) -> int:
+    """``settings.grpc_threads``, or when it is None (``--grpc-threads auto``) the thread
+    pool when every model loaded at start-up timed quick at load (``Version.lone_run_ns``
+    within ``inline_us``), grpc.aio otherwise. Models loaded later do not change the choice.
+
+    Not the default: measured on 2 cores with a small model (``benchmarks/README.md``), the
+    thread pool answers one lone client 5-10% sooner, but grpc.aio on uvloop answers 25-30%
+    more requests at 32 clients and 64-row requests at 4, and a slow model (the wide
+    example) 1.5x the requests at 32 clients, its batches filling while ONNX Runtime runs.
     """
     if settings.grpc_threads is not None:
         return settings.grpc_threads
@@ -281,12 +287,14 @@ async def create_server(settings: Settings) -> Running:
     where = settings.metrics_elsewhere or where
     # "HTTP on <url>" is what ServerProcess reads the HTTP port from (onnxforge.bench).
     log.info(
-        "serving %d model(s) from %s on %s:%d (%s)%s (metrics: %s)",
+        "serving %d model(s) from %s on %s:%d (%s, %s, %s)%s (metrics: %s)",
         len(registry.entries),
         settings.repository,
         settings.host,
         port,
         "gRPC on threads" if isinstance(server, ThreadedServer) else "gRPC on the event loop",
+        event_loop.name(),
+        _threads_said(settings.threads),
         f", HTTP on {http.url}" if http is not None else "",
         where,
     )

@@ -22,6 +22,7 @@ import threading
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 
+from onnxforge.server import loop as event_loop
 from onnxforge.server.app import Settings
 
 log = logging.getLogger("onnxforge.server")
@@ -48,7 +49,7 @@ def _worker(settings: Settings, index: int, link: Connection, level: str, fmt: s
 
     logs.configure(level, fmt, worker=index)  # every line says which worker wrote it
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; it sends SIGTERM
-    asyncio.run(_serve_worker(settings, index, link))
+    event_loop.run(_serve_worker(settings, index, link))
 
 
 async def _serve_worker(settings: Settings, index: int, link: Connection) -> None:

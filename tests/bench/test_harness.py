@@ -12,7 +12,7 @@ import pytest
 
 from onnxforge.bench import Level, Load, Outcome, drive, markdown_table, percentiles_ms
 from onnxforge.bench.load import status_of
-from onnxforge.cpus import cgroup_cpus, usable_cpus
+from onnxforge.cpus import cgroup_cpus, physical_cores, usable_cpus
 
 
 class StatusError(Exception):
@@ -153,3 +153,38 @@ def test_a_markdown_table_aligns_numbers_right() -> None:
         "| digits-mlp | 1,234 |",
         "| w          |     5 |",
     ]
+
+
+def test_physical_cores_counts_the_hyper_threads_of_one_core_once(tmp_path: Path) -> None:
+    import os
+
+    allowed = sorted(os.sched_getaffinity(0))
+    for cpu in allowed:  # CPUs 2k and 2k+1 are the two threads of core k
+        topology = tmp_path / f"cpu{cpu}" / "topology"
+        topology.mkdir(parents=True)
+        (topology / "physical_package_id").write_text("0\n")
+        (topology / "core_id").write_text(f"{cpu // 2}\n")
+    assert physical_cores(tmp_path) == len({cpu // 2 for cpu in allowed})
+    (tmp_path / f"cpu{allowed[0]}" / "topology" / "core_id").unlink()
+    assert physical_cores(tmp_path) is None  # topology unknown: no guess
+
+
+@pytest.mark.parametrize(
+    ("physical", "usable", "workers", "threads"),
+    [
+        (8, 4, 1, 4),  # a 4-core quota on an 8-core host: 4, not ONNX Runtime's 8
+        (8, 4, 2, 2),
+        (8, 4, 3, 1),
+        (2, 1, 4, 1),  # never fewer than one
+        (2, 4, 1, 2),  # 4 logical CPUs on 2 cores: one thread per core
+        (None, 3, 1, 3),  # topology unknown: the usable CPUs
+    ],
+)
+def test_intra_op_threads_are_the_cores_within_the_quota_shared_out(
+    monkeypatch: pytest.MonkeyPatch, physical: int | None, usable: int, workers: int, threads: int
+) -> None:
+    from onnxforge import cpus
+
+    monkeypatch.setattr(cpus, "physical_cores", lambda: physical)
+    monkeypatch.setattr(cpus, "usable_cpus", lambda: usable)
+    assert cpus.intra_op_threads(workers) == threads

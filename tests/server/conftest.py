@@ -77,7 +77,7 @@ def make_repository(folder: Path) -> Path:
     return folder
 
 
-# The public gRPC port on its thread pool (the default), and on grpc.aio (--grpc-threads 0):
+# The public gRPC port on grpc.aio (the default, --grpc-threads 0) and on its thread pool:
 # the same answers either way.
 @pytest.fixture(scope="session", params=[16, 0], ids=["grpc-threads", "grpc-aio"])
 def served(

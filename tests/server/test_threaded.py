@@ -15,6 +15,7 @@ from onnxforge.builder import load_spec, reference
 from onnxforge.client import InferenceClient
 from onnxforge.protocol.generated import inference_pb2 as pb
 from onnxforge.protocol.generated import inference_pb2_grpc as pb_grpc
+from onnxforge.server import loop as event_loop
 from onnxforge.server.app import Settings
 from onnxforge.server.threaded import ThreadedServer
 from tests.conftest import MODELS
@@ -75,7 +76,7 @@ def test_the_transport_is_chosen_from_the_models_timed_at_load(tmp_path: Path) -
     for inline_us, transport in ((200, ThreadedServer), (1, grpc.aio.Server)):
         server = ServerThread(
             Settings(repository=repository, port=0, threads=1, metrics_port=None,
-                     inline_us=inline_us)
+                     inline_us=inline_us, grpc_threads=None)
         ).start()  # fmt: skip
         try:
             lone_ns = server.running.registry.get("digits-mlp").lone_run_ns
@@ -92,10 +93,16 @@ def test_the_transport_is_chosen_from_the_models_timed_at_load(tmp_path: Path) -
 def test_serve_says_which_transport_it_chose_and_refuses_a_bad_grpc_threads(
     tmp_path: Path,
 ) -> None:
-    """Through the real CLI: 'auto' (the default) picks threads for digits-mlp, 0 picks the
-    event loop, and the start-up line says which; a bad value is one line, exit 2."""
+    """Through the real CLI: the default is the event loop, 'auto' picks threads for
+    digits-mlp (quick), a number picks threads, and the start-up line says which; a bad value
+    is one line, exit 2."""
     repository = make_repository(tmp_path)
-    for extra, said in (((), "gRPC on threads"), (("--grpc-threads", "0"), "event loop")):
+    loop = "uvloop" if event_loop.name() == "uvloop" else "asyncio"
+    for extra, said in (
+        ((), f"(gRPC on the event loop, {loop}, "),
+        (("--grpc-threads", "auto"), f"(gRPC on threads, {loop}, "),
+        (("--grpc-threads", "4"), "(gRPC on threads"),
+    ):
         server = ServeProcess(repository, *extra)
         try:
             assert said in server.output
