@@ -8,14 +8,17 @@ every path with the metrics).
 
 from __future__ import annotations
 
+import bisect
+import os
 import socket
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
+from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 PATH = "/metrics"
@@ -43,9 +46,26 @@ LATENCY_BUCKETS = (
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 
+class _BeforeCollect(Collector):
+    """Registered first, so that a scrape runs its hooks before any series is read."""
+
+    def __init__(self) -> None:
+        self.hooks: list[Callable[[], None]] = []
+
+    def collect(self) -> Iterator[Metric]:
+        for hook in self.hooks:
+            hook()
+        return iter(())
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self._before_collect = _BeforeCollect()
+        self.registry.register(self._before_collect)
         self.requests = Counter(
             "onnxforge_requests",
             "Inference requests by model and status (OK, or the error code as gRPC names it).",
@@ -88,6 +108,16 @@ class Metrics:
             multiprocess_mode="livemin",
         )
 
+    @property
+    def shared(self) -> bool:
+        """Whether the series are written to prometheus_client's multiprocess files (a
+        ``--workers`` worker): the parent reads those, not this registry."""
+        return "PROMETHEUS_MULTIPROC_DIR" in os.environ
+
+    def before_collect(self, hook: Callable[[], None]) -> None:
+        """Call ``hook`` at every collection (a scrape), before the series are read."""
+        self._before_collect.hooks.append(hook)
+
     def start(self, host: str, port: int) -> int:
         """Serve /metrics; returns the bound port (``port=0`` picks one)."""
         self._server = serve(host, port, self.registry)
@@ -98,6 +128,38 @@ class Metrics:
         if server is not None:
             server.shutdown()
             server.server_close()
+
+
+class PendingHistogram:
+    """Observations of one histogram series since they were last added to it: a bucket
+    count and a sum, without prometheus_client's per-observation locks (the caller holds a
+    lock of its own)."""
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: Iterable[float]) -> None:
+        self.bounds = (*bounds, float("inf"))
+        self.counts = [0] * len(self.bounds)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        # Prometheus' bucket is the first bound with value <= bound: bisect_left's index.
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+    def add_to(self, series: Histogram) -> None:
+        """Add what was observed to ``series`` (a labelled child), and start again."""
+        if not any(self.counts):
+            return
+        # prometheus_client keeps a child's counts per bucket (cumulated when collected):
+        # the same counts as observe() would have made, added at once.
+        buckets = series._buckets
+        for index, count in enumerate(self.counts):
+            if count:
+                buckets[index].inc(count)
+        series._sum.inc(self.sum)
+        self.counts = [0] * len(self.bounds)
+        self.sum = 0.0
 
 
 class ModelMetrics:
