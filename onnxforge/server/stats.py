@@ -180,18 +180,17 @@ class Statistics:
             stats.compute_infer.add(batch.compute_ns, batch.requests)
             stats.batches[batch.rows].add(batch.compute_ns)
             if self._pending is not None:
-                pending = self._pending_for(model)
-                for queued in batch.queue_ns:
-                    pending.queue_seconds.observe(queued / 1e9)
-                pending.compute_seconds.observe(batch.compute_ns / 1e9)
-                pending.batch_rows.observe(batch.rows)
+                _observe_batch(self._pending_for(model), batch)
                 return
         if self.metrics is not None:
-            series = self._series(model)
-            for queued in batch.queue_ns:
-                series.queue_seconds.observe(queued / 1e9)
-            series.compute_seconds.observe(batch.compute_ns / 1e9)
-            series.batch_rows.observe(batch.rows)
+            _observe_batch(self._series(model), batch)
 
     def unbatched(self, model: str, version: str, compute_ns: int, rows: int) -> None:
         self.batch(model, version, BatchStats(1, rows, [0], compute_ns))
+
+
+def _observe_batch(series: _Pending | ModelMetrics, batch: BatchStats) -> None:
+    for queued in batch.queue_ns:
+        series.queue_seconds.observe(queued / 1e9)
+    series.compute_seconds.observe(batch.compute_ns / 1e9)
+    series.batch_rows.observe(batch.rows)
