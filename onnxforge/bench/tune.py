@@ -2,9 +2,9 @@
 
 The search is coarse to fine, within a time budget:
 
-1. server flags (``onnxforge serve --threads/--spinning/--workers``), with the model's own
-   batching settings: one :class:`~onnxforge.bench.process.ServerProcess` per point, on a
-   temporary repository holding only that model (its newest version);
+1. server flags (``onnxforge serve --threads/--spinning/--workers/--grpc-threads``), with the
+   model's own batching settings: one :class:`~onnxforge.bench.process.ServerProcess` per
+   point, on a temporary repository holding only that model (its newest version);
 2. batching settings (``max_batch_size``, ``max_queue_delay_us``, ``instances``) on the best
    server flags: one server, each point a ``RepositoryModelLoad`` with a ``config``
    override, one setting at a time (batch size, then queue delay, then instances).

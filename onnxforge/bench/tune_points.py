@@ -35,19 +35,27 @@ class TuneError(ValueError):
     """Something the user asked for that cannot be tuned (one line)."""
 
 
+#: ``--grpc-threads`` of the thread-pool transport point (``serve``'s ``auto`` takes as many).
+POOL_THREADS = 64
+
+
 @dataclass(frozen=True)
 class Flags:
-    """``onnxforge serve`` flags: intra-op threads (0: ONNX Runtime's choice), spinning
-    (None: not applicable, one thread has no pool to spin in), worker processes."""
+    """``onnxforge serve`` flags: intra-op threads (0: ``serve``'s default, a thread per
+    usable core), spinning (None: not applicable, one thread has no pool to spin in), worker
+    processes, and the gRPC transport (``--grpc-threads``; 0: the event loop)."""
 
     threads: int
     spinning: bool | None
     workers: int
+    grpc_threads: int = 0
 
     def args(self) -> list[str]:
         args = ["--threads", str(self.threads), "--workers", str(self.workers)]
         if self.spinning is not None:
             args.append("--spinning" if self.spinning else "--no-spinning")
+        if self.grpc_threads:
+            args += ["--grpc-threads", str(self.grpc_threads)]
         return args
 
 
@@ -236,12 +244,13 @@ def choose(points: Sequence[Point], concurrencies: Sequence[int]) -> tuple[Point
 
 
 def flag_grid(cores: int) -> list[Flags]:
-    """Server flags in the order they are measured: ``serve``'s defaults first, then one
-    thread, a thread per core, a worker per core, spinning; then the cores shared out among
-    2 and ``cores`` workers, and a thread per core in every worker."""
+    """Server flags in the order they are measured: ``serve``'s defaults first, then gRPC on
+    the thread pool, one thread, a thread per core, a worker per core, spinning; then the
+    cores shared out among 2 and ``cores`` workers, and a thread per core in every worker."""
     workers = sorted({1, min(2, cores), cores})
     first = [
         Flags(0, False, 1),  # what `onnxforge serve` does by default
+        Flags(0, False, 1, POOL_THREADS),
         Flags(1, None, 1),
         Flags(cores, False, 1),
         Flags(1, None, cores),
@@ -251,13 +260,13 @@ def flag_grid(cores: int) -> list[Flags]:
     rest = [
         Flags(t, s, w) for w in workers for t in (max(1, cores // w), cores) for s in (False, True)
     ]
-    seen: set[tuple[int, bool | None, int]] = set()
+    seen: set[tuple[int, bool | None, int, int]] = set()
     grid = []
     for flags in first + rest:
         # Several workers left to ONNX Runtime share the cores out (`serve --workers`).
         threads_each = flags.threads or (max(1, cores // flags.workers) if flags.workers > 1 else 0)
         spinning = None if threads_each == 1 else flags.spinning
-        key = (threads_each, spinning, flags.workers)
+        key = (threads_each, spinning, flags.workers, flags.grpc_threads)
         if flags.workers <= cores and key not in seen:
             seen.add(key)
             grid.append(replace(flags, spinning=None) if spinning is None else flags)

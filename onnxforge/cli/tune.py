@@ -79,7 +79,7 @@ def tune(
 ) -> None:
     """Measure serving settings of MODEL under closed-loop load and mark the best.
 
-    Server flags first (threads, spinning, workers: one server per setting, with the
+    Server flags first (threads, spinning, workers, gRPC transport: one server per setting, with the
     model's own batching), then batching settings on the best of them (batch size, queue
     delay, instances). The best: the highest rows/s at the highest concurrency among the
     settings whose p99 at the lowest concurrency is at most twice the best p99 there.
@@ -166,9 +166,13 @@ def _serving(point: Point) -> str:
     )
     spinning = "" if flags.spinning is None else f", spinning {_spin(flags.spinning)}"
     return (
-        f"threads {flags.threads or 'auto'}{spinning}, {flags.workers} worker(s), {batch}, "
-        f"{batching.instances} instance(s)"
+        f"threads {flags.threads or 'auto'}{spinning}, {flags.workers} worker(s), "
+        f"gRPC on {_transport(flags.grpc_threads)}, {batch}, {batching.instances} instance(s)"
     )
+
+
+def _transport(grpc_threads: int) -> str:
+    return f"{grpc_threads} threads" if grpc_threads else "the loop"
 
 
 def points_table(result: Result) -> Table:
@@ -180,6 +184,7 @@ def points_table(result: Result) -> Table:
         "threads",
         "spin",
         "workers",
+        "gRPC",
         "batch",
         "delay us",
         "inst",
@@ -202,12 +207,13 @@ def points_table(result: Result) -> Table:
                     str(flags.threads or "auto"),
                     _spin(flags.spinning),
                     str(flags.workers),
+                    f"{flags.grpc_threads} thr" if flags.grpc_threads else "loop",
                     str(batching.max_batch_size or "off"),
                     str(batching.max_queue_delay_us) if batching.max_batch_size else "-",
                     str(batching.instances),
                 )
                 if n == 0
-                else ("",) * 7
+                else ("",) * 8
             )
             errors = sum(count for status, count in level.statuses.items() if status != "OK")
             rows.append(

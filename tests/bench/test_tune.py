@@ -138,7 +138,8 @@ def test_a_model_without_a_spec_gets_its_config_rewritten(
     best = marked[0]
     assert any(line.startswith(f"best: #{best[0].rstrip('*')} ") for line in lines)
     assert any(line.startswith(f"serve with: onnxforge serve {bare} ") for line in lines)
-    batch, delay, instances = best[4], best[5], best[6]
+    transport, batch, delay, instances = best[4], best[5], best[6], best[7]
+    assert transport in ("loop", "64 thr")
     config = read_config(bare / "tiny" / "config.pbtxt")
     assert config.max_batch_size == (0 if batch == "off" else int(batch))
     assert config.max_queue_delay_us == (0 if delay == "-" else int(delay))
@@ -224,6 +225,7 @@ def test_the_grid_starts_with_serves_defaults_and_has_no_duplicates() -> None:
     for cores in (1, 2, 4):
         grid = flag_grid(cores)
         assert grid[0] == first and len(set(grid)) == len(grid)
+        assert grid[1] == Flags(first.threads, first.spinning, 1, 64)  # gRPC on threads
         assert all(flags.workers <= cores for flags in grid)
         assert all(flags.spinning is None for flags in grid if flags.threads == 1)
 
