@@ -49,7 +49,16 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from serving_cells import SERVERS, Cell, Rig, ort_cells, run_cell, server_cells
+from serving_cells import (
+    DEFAULT_SERVERS,
+    SERVERS,
+    VARIANTS,
+    Cell,
+    Rig,
+    ort_cells,
+    run_cell,
+    server_cells,
+)
 from serving_peers import DEFAULT_HOME, PEERS
 from serving_plot import plot
 from serving_print import print_report
@@ -79,7 +88,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--duration", type=float, help="measured seconds per cell and round (2; quick 0.8)")
     add("--warmup", type=float, help="unmeasured seconds before each cell (0.5; quick 0.25)")
     add("--ort-duration", type=float, default=1.0, help="measured s per in-process cell (1)")
-    add("--servers", type=_names, default=list(SERVERS), help=f"any of {','.join(SERVERS)}")
+    add(
+        "--servers",
+        type=_names,
+        default=list(DEFAULT_SERVERS),
+        help=f"any of {','.join(SERVERS)} (default: all but the onnxforge-* flag variants)",
+    )
+    add("--flags", action="store_true",
+        help="onnxforge's defaults against each flag variant alone (no floors, peers)")  # fmt: skip
     add("--peers", type=Path, default=DEFAULT_HOME,
         help=f"where setup.sh made the peers' environments (default {DEFAULT_HOME}, or "
         "ONNXFORGE_PEERS)")  # fmt: skip
@@ -107,6 +123,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for name, value in (QUICK if args.quick else FULL).items():
         if getattr(args, name) is None:
             setattr(args, name, value)
+    if args.flags:
+        args.servers = ["onnxforge", *VARIANTS]
     if str(args.plot) in ("", "."):
         args.plot = None
     if args.rounds < 1 or args.duration <= 0 or args.warmup < 0 or args.ort_duration <= 0:

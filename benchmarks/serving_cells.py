@@ -22,12 +22,23 @@ from serving_workers import MODELS, REQUEST_TIMEOUT_S
 
 from onnxforge.bench import machine_busy, percentiles_ms, process_tree_cpu_seconds
 
+#: onnxforge with one ``serve`` flag changed from its defaults: does any flag beat them?
+#: Measured when ``--servers`` names them (or ``--flags``), not in a default run.
+VARIANTS = {
+    "onnxforge-grpc-threads": ["--grpc-threads", "64"],
+    "onnxforge-threads-1": ["--threads", "1"],
+    "onnxforge-spinning": ["--spinning"],
+    "onnxforge-workers": ["--workers", "auto"],
+}
 #: Every server there may be, in the order of the first round (later rounds alternate).
-SERVERS = ("onnxforge", "null-aio", "null-aio-uvloop", "null-sync", "kserve", "mlserver",
-           "mlserver-batching", "mlserver-inline", "mlserver-inline-batching")  # fmt: skip
+SERVERS = ("onnxforge", *VARIANTS, "null-aio", "null-aio-uvloop", "null-sync", "kserve",
+           "mlserver", "mlserver-batching", "mlserver-inline",
+           "mlserver-inline-batching")  # fmt: skip
+DEFAULT_SERVERS = tuple(name for name in SERVERS if name not in VARIANTS)
 LABELS = {
     "ort": "ONNX Runtime in-process",
     "onnxforge": "onnxforge serve (defaults)",
+    **{name: f"onnxforge serve {' '.join(args)}" for name, args in VARIANTS.items()},
     "null-aio": "do-nothing grpc.aio server",
     "null-aio-uvloop": "do-nothing grpc.aio server on uvloop",
     "null-sync": "do-nothing grpc thread-pool server",

@@ -14,6 +14,10 @@ from serving_workers import MODELS
 
 COLORS = {
     "onnxforge": "#4c72b0",
+    "onnxforge-grpc-threads": "#6a8fd0",
+    "onnxforge-threads-1": "#8aa9e0",
+    "onnxforge-spinning": "#a9c1ea",
+    "onnxforge-workers": "#c8d8f2",
     "null-aio": "0.55",
     "null-aio-uvloop": "0.45",
     "null-sync": "0.3",

@@ -8,7 +8,7 @@ import datetime
 import statistics
 from typing import Any
 
-from serving_cells import LABELS, LOADS, Cell, summarize
+from serving_cells import LABELS, LOADS, VARIANTS, Cell, summarize
 from serving_peers import MLSERVER
 from serving_workers import MODELS
 
@@ -144,6 +144,31 @@ def _rows64(report: Report) -> dict[str, Any]:
     return out
 
 
+def _flags(report: Report) -> dict[str, Any]:
+    """Each load: the best flag variant's throughput over the defaults' (at most 1.1)."""
+    out: dict[str, Any] = {}
+    for model in MODELS:
+        for rows, c in LOADS:
+            ours = find(report, "onnxforge", model, rows, c)
+            variants = [find(report, name, model, rows, c) for name in VARIANTS]
+            measured = [v for v in variants if v is not None and v["requests_per_s"]]
+            if ours is None or not measured:
+                continue
+            best = max(measured, key=lambda cell: cell["requests_per_s"])
+            out[f"{model}_rows{rows}_c{c}_best_flag_vs_defaults"] = _target(
+                _ratio(best["requests_per_s"], ours["requests_per_s"]),
+                1.1,
+                higher=False,
+                what=f"{MODELS[model]}, {rows}-row requests, {c} client(s): the best "
+                "flag variant's req/s / the defaults'",
+                best=best["server"],
+                defaults=ours["requests_per_s"],
+                variant=best["requests_per_s"],
+                per_round=_per_round(best, ours),
+            )
+    return out
+
+
 def settings(args: argparse.Namespace, cells: list[Cell], waits: list[float]) -> Report:
     return {
         "rounds": args.rounds,
@@ -194,7 +219,7 @@ def make_report(
         "cells": [s for s in summaries if s["server"] != "ort"],
         "ort": [s for s in summaries if s["server"] == "ort"],
     }
-    report["targets"] = _against_peers(report) | _floors(report) | _rows64(report)
+    report["targets"] = _against_peers(report) | _floors(report) | _rows64(report) | _flags(report)
     return report
 
 

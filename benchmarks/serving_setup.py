@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from serving_cells import Rig, Target
+from serving_cells import VARIANTS, Rig, Target
 from serving_peers import find_peers, peer_software, start_peers
 from serving_workers import (
     METHOD,
@@ -212,6 +212,9 @@ def prepare(
     (folder / "peers").mkdir()
     peers = _peers(args, repo, folder, processes, log)
     processes.servers["onnxforge"] = start_onnxforge(repo, args.serve_args)
+    for name in args.servers:
+        if name in VARIANTS:
+            processes.servers[name] = start_onnxforge(repo, [*args.serve_args, *VARIANTS[name]])
     compute, process = processes.worker(compute_main, str(repo))
     rig = Rig(processes.servers, None, compute, process.pid, payloads, inputs)
     checked = [name for name in processes.servers]

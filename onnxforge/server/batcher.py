@@ -255,8 +255,13 @@ class Batcher:
         self, inputs: Arrays, outputs: Sequence[str], deadline: float | None = None
     ) -> Results:
         """Queue one request (rows on axis 0 of every input) and wait for its outputs."""
-        loop = asyncio.get_running_loop()
-        request = _Request(inputs, outputs, _rows(inputs), deadline, loop)
+        rows = _rows(inputs)
+        if self._inline(rows) and self._take_lone(deadline):
+            try:  # quick and lone: on the loop's thread now, nothing to queue or wake
+                return self._run_lone(inputs, outputs, rows)
+            finally:
+                self._hand_on()
+        request = _Request(inputs, outputs, rows, deadline, asyncio.get_running_loop())
         future = request.future
         assert future is not None
         if self._admit(request):
@@ -271,15 +276,26 @@ class Batcher:
             raise
         return request.outcome()
 
+    def _take_lone(self, deadline: float | None) -> bool:
+        """Take an instance for a request that need not be queued: True when nothing is
+        queued and an instance is free (else the caller queues it through ``_admit``)."""
+        with self._lock:
+            return self._lone(deadline)
+
+    def _lone(self, deadline: float | None) -> bool:  # locked
+        if self._closing:
+            raise ModelShuttingDown(self.name)
+        if self._queue or self._in_flight >= self._instances:
+            return False
+        if deadline is not None and time.monotonic() >= deadline:
+            raise DeadlineExceeded(self.name)
+        self._in_flight += 1
+        return True
+
     def _admit(self, request: _Request) -> bool:
         """Take an instance for ``request`` (True) or queue it (False); or refuse it."""
         with self._lock:
-            if self._closing:
-                raise ModelShuttingDown(self.name)
-            if not self._queue and self._in_flight < self._instances:
-                if request.deadline is not None and time.monotonic() >= request.deadline:
-                    raise DeadlineExceeded(self.name)
-                self._in_flight += 1
+            if self._lone(request.deadline):
                 return True
             if len(self._queue) >= self.max_queue:
                 raise QueueFull(self.name, self.max_queue)

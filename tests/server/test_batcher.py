@@ -316,6 +316,39 @@ def test_a_model_timed_quick_at_load_runs_its_first_lone_request_on_the_loop() -
     asyncio.run(scenario())
 
 
+def test_a_quick_lone_request_on_the_loop_is_reported_refused_when_late_and_when_closing() -> None:
+    """The quick lone path (no queue entry): the run is reported as a batch of its own; a
+    request already past its deadline is refused unrun; a closing batcher refuses too."""
+    from onnxforge.server.errors import ModelShuttingDown
+
+    ran: list[int] = []
+    reported: list[BatchStats] = []
+
+    def run(inputs: Mapping[str, np.ndarray], outputs: Sequence[str]) -> dict:
+        ran.append(len(inputs["x"]))
+        return model(inputs, outputs)
+
+    async def scenario() -> None:
+        quick = Batcher("m", run, max_batch_size=8, max_queue_delay_us=0, inline_us=200,
+                        quick=True, on_batch=reported.append)  # fmt: skip
+        x = np.arange(3.0).reshape(1, 3)
+        got = await quick.submit({"x": x}, ["product", "total"])
+        np.testing.assert_allclose(got["product"], x @ WEIGHT)
+        assert got["total"].tolist() == [[3.0]] and ran == [1]
+        assert [(b.requests, b.rows, b.queue_ns) for b in reported] == [(1, 1, [0])]
+        assert reported[0].compute_ns > 0
+        with pytest.raises(DeadlineExceeded):
+            await quick.submit({"x": x}, ["total"], deadline=time.monotonic() - 1)
+        assert ran == [1] and len(reported) == 1  # refused unrun, and the instance is free:
+        assert (await quick.submit({"x": x}, ["total"]))["total"].tolist() == [[3.0]]
+        await quick.close()
+        with pytest.raises(ModelShuttingDown):
+            await quick.submit({"x": x}, ["total"])
+        assert ran == [1, 1]
+
+    asyncio.run(scenario())
+
+
 # ------------------------------------------------------------ callers on threads of their own
 
 
