@@ -29,6 +29,7 @@ VARIANTS = {
     "onnxforge-threads-1": ["--threads", "1"],
     "onnxforge-spinning": ["--spinning"],
     "onnxforge-workers": ["--workers", "auto"],
+    "onnxforge-no-pin-loop": ["--no-pin-loop"],
 }
 #: Every server there may be, in the order of the first round (later rounds alternate).
 SERVERS = ("onnxforge", *VARIANTS, "null-aio", "null-aio-uvloop", "null-sync", "kserve",

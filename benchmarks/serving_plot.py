@@ -18,6 +18,7 @@ COLORS = {
     "onnxforge-threads-1": "#8aa9e0",
     "onnxforge-spinning": "#a9c1ea",
     "onnxforge-workers": "#c8d8f2",
+    "onnxforge-no-pin-loop": "#2a4a80",
     "null-aio": "0.55",
     "null-aio-uvloop": "0.45",
     "null-sync": "0.3",

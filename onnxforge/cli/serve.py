@@ -195,6 +195,13 @@ def limit_options(command: Any) -> Any:
     "lone client of a quick model, fewer requests answered under load. 'auto': threads when "
     "every model loaded at start-up is quick (a one-row run within --inline-us).",
 )
+@click.option(
+    "--pin-loop/--no-pin-loop",
+    default=True,
+    show_default=True,
+    help="Keep the event loop's thread on one core (the last this process may use; with "
+    "workers, one each), every other thread free: a lone client is answered sooner.",
+)
 @click.option("--watch", is_flag=True, help="Reload models whose files or spec change.")
 @click.option(
     "--watch-interval",
@@ -231,6 +238,7 @@ def serve(
     no_batching: bool,
     inline_us: int,
     grpc_threads: int | None,
+    pin_loop: bool,
     watch: bool,
     watch_interval: float,
     log_level: str,
@@ -311,6 +319,8 @@ def serve(
         batching=not no_batching,
         inline_us=inline_us,
         grpc_threads=grpc_threads,
+        # Ray places its replicas (several may share a node): their loops stay free.
+        loop_cpu=_loop_cpu(pin_loop and on_ray is None),
     )
     try:
         if on_ray is not None:
@@ -346,3 +356,12 @@ def _threads_per_worker(threads: int, workers: int) -> int:
     from onnxforge.cpus import intra_op_threads
 
     return intra_op_threads(workers)
+
+
+def _loop_cpu(pin: bool) -> int | None:
+    """The CPU the (first) event loop is pinned to, or None."""
+    if not pin:
+        return None
+    from onnxforge.server.affinity import loop_cpu
+
+    return loop_cpu(0)

@@ -15,11 +15,13 @@ import ipaddress
 import logging
 import signal
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
 
+from onnxforge.server import affinity
 from onnxforge.server import loop as event_loop
 from onnxforge.server.dataplane import DataPlane
 from onnxforge.server.health import HEALTH_SERVICE, HealthServicer, HealthSync
@@ -79,6 +81,9 @@ class Settings:
     # the client reconnects): with replicas sharing a port, reconnections spread the
     # clients over replicas added since. None: connections last.
     max_connection_age_s: float | None = None
+    # The CPU the event loop's thread is pinned to once serving (server.affinity); None:
+    # left to the scheduler.
+    loop_cpu: int | None = None
 
 
 @dataclass
@@ -167,6 +172,10 @@ async def create_server(settings: Settings) -> Running:
 
     Raises OSError when the address cannot be bound (the models are closed again).
     """
+    if settings.loop_cpu is not None:  # threads the loop starts once pinned must not be
+        asyncio.get_running_loop().set_default_executor(
+            ThreadPoolExecutor(thread_name_prefix="onnxforge-io", initializer=affinity.unpin)
+        )
     metrics = Metrics()
     statistics = Statistics(metrics)
     registry = Registry(
@@ -285,15 +294,18 @@ async def create_server(settings: Settings) -> Running:
         metrics_port = metrics.start(settings.host, settings.metrics_port)
     where = f"http://{settings.host}:{metrics_port}/metrics" if metrics_port else "off"
     where = settings.metrics_elsewhere or where
+    if settings.loop_cpu is not None:
+        affinity.pin_loop(settings.loop_cpu)
     # "HTTP on <url>" is what ServerProcess reads the HTTP port from (onnxforge.bench).
     log.info(
-        "serving %d model(s) from %s on %s:%d (%s, %s, %s)%s (metrics: %s)",
+        "serving %d model(s) from %s on %s:%d (%s, %s%s, %s)%s (metrics: %s)",
         len(registry.entries),
         settings.repository,
         settings.host,
         port,
         "gRPC on threads" if isinstance(server, ThreadedServer) else "gRPC on the event loop",
         event_loop.name(),
+        "" if settings.loop_cpu is None else f" on CPU {settings.loop_cpu}",
         _threads_said(settings.threads),
         f", HTTP on {http.url}" if http is not None else "",
         where,

@@ -47,6 +47,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from onnxforge.server import affinity
 from onnxforge.server.errors import DeadlineExceeded, ModelShuttingDown, QueueFull
 from onnxforge.server.pacing import waiting
 
@@ -175,7 +176,7 @@ class Batcher:
         self._instances = max(1, instances)
         self._own_executor = executor is None
         self._executor = executor or ThreadPoolExecutor(
-            self._instances, thread_name_prefix=f"batcher-{name}"
+            self._instances, thread_name_prefix=f"batcher-{name}", initializer=affinity.unpin
         )
         self._on_batch = on_batch
         self._lock = threading.Lock()

@@ -21,7 +21,7 @@ import numpy as np
 import onnxruntime as ort
 
 from onnxforge.builder import metadata
-from onnxforge.server import convert
+from onnxforge.server import affinity, convert
 from onnxforge.server.batcher import Batcher, BatchStats
 
 BUDGET_NS = 20_000_000  # timing a lone run at load stops after this much running
@@ -63,7 +63,9 @@ class Version:
     report: Callable[[BatchStats], None] | None = None  # told about every session run
     # Threads of this model alone: a slow model's backlog never holds up another model.
     executor: ThreadPoolExecutor = field(
-        default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="onnxforge-model")
+        default_factory=lambda: ThreadPoolExecutor(
+            1, thread_name_prefix="onnxforge-model", initializer=affinity.unpin
+        )
     )
 
     def quick(self, inline_us: int) -> bool:
@@ -164,7 +166,9 @@ def open_version(
     outputs = {node.name: tensor_of(node) for node in session.get_outputs()}
     if serving.max_batch_size > 0 and not batchable(inputs, outputs):
         serving = Serving(0, 0, serving.instances, serving.max_queue)
-    executor = ThreadPoolExecutor(max(1, serving.instances), thread_name_prefix=f"model-{name}")
+    executor = ThreadPoolExecutor(
+        max(1, serving.instances), thread_name_prefix=f"model-{name}", initializer=affinity.unpin
+    )
     return Version(
         name,
         version,

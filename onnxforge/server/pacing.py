@@ -24,6 +24,8 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from onnxforge.server import affinity
+
 __all__ = ["PacedExecutor", "waiting"]
 
 _here = threading.local()  # .executor: the PacedExecutor running this thread's call
@@ -119,6 +121,7 @@ class PacedExecutor(concurrent.futures.Executor):
     # ------------------------------------------------------------------ the threads
 
     def _work(self) -> None:
+        affinity.unpin()  # started from whichever thread submitted: never the loop's core alone
         _here.executor = self
         while True:
             with self._lock:

@@ -44,7 +44,7 @@ from typing import Any
 import grpc
 
 from onnxforge.protocol.generated import inference_pb2 as pb
-from onnxforge.server import convert, messages
+from onnxforge.server import affinity, convert, messages
 from onnxforge.server.batcher import RequestCancelled
 from onnxforge.server.dataplane import DataPlane
 from onnxforge.server.errors import ServingError
@@ -344,7 +344,7 @@ class _Lanes(concurrent.futures.Executor):
         self._infer = infer
         self._inference = PacedExecutor(infer_running, infer_threads, name="onnxforge-infer")
         self._others = concurrent.futures.ThreadPoolExecutor(
-            other_threads, thread_name_prefix="onnxforge-grpc"
+            other_threads, thread_name_prefix="onnxforge-grpc", initializer=affinity.unpin
         )
 
     def submit(

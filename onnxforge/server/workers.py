@@ -22,6 +22,7 @@ import threading
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 
+from onnxforge.server import affinity
 from onnxforge.server import loop as event_loop
 from onnxforge.server.app import Settings
 
@@ -49,6 +50,8 @@ def _worker(settings: Settings, index: int, link: Connection, level: str, fmt: s
 
     logs.configure(level, fmt, worker=index)  # every line says which worker wrote it
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; it sends SIGTERM
+    if settings.loop_cpu is not None:  # each worker's loop on a core of its own
+        settings = dataclasses.replace(settings, loop_cpu=affinity.loop_cpu(index))
     event_loop.run(_serve_worker(settings, index, link))
 
 

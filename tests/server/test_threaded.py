@@ -99,8 +99,8 @@ def test_serve_says_which_transport_it_chose_and_refuses_a_bad_grpc_threads(
     repository = make_repository(tmp_path)
     loop = "uvloop" if event_loop.name() == "uvloop" else "asyncio"
     for extra, said in (
-        ((), f"(gRPC on the event loop, {loop}, "),
-        (("--grpc-threads", "auto"), f"(gRPC on threads, {loop}, "),
+        ((), f"(gRPC on the event loop, {loop}"),
+        (("--grpc-threads", "auto"), f"(gRPC on threads, {loop}"),
         (("--grpc-threads", "4"), "(gRPC on threads"),
     ):
         server = ServeProcess(repository, *extra)
