@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -112,11 +111,11 @@ def test_no_pin_loop_leaves_the_loop_free(tmp_path: Path) -> None:
 
 
 def test_each_worker_pins_its_loop_to_a_cpu_of_its_own(tmp_path: Path) -> None:
-    (tmp_path / "digits-mlp").mkdir()
-    for file in ("spec.yaml", "weights.npz"):
-        shutil.copy(MODELS / "digits-mlp" / file, tmp_path / "digits-mlp" / file)
     server = ServeProcess(
-        tmp_path, "--workers", "2", pattern=r"serving with 2 workers on 127\.0\.0\.1:(\d+)"
+        make_repository(tmp_path),
+        "--workers",
+        "2",
+        pattern=r"serving with 2 workers on 127\.0\.0\.1:(\d+)",
     )
     try:
         said = re.findall(r"\[worker (\d)\].* on CPU (\d+),", server.output)
