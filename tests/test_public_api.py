@@ -206,6 +206,7 @@ PUBLIC: dict[str, list[str]] = {
     "onnxforge.server.reflection": ["REFLECTION_SERVICE", "ReflectionServicer"],
     "onnxforge.server.pacing": ["PacedExecutor", "waiting"],
     "onnxforge.server.loop": ["ENV", "loop_factory", "name", "run"],
+    "onnxforge.server.affinity": ["loop_cpus", "pin_loop", "pinned_cpu", "pinned_threads", "unpin"],
     "onnxforge.protocol.pool": ["POOL"],
     "onnxforge.server.errors": [
         "Code",

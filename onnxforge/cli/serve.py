@@ -359,9 +359,10 @@ def _threads_per_worker(threads: int, workers: int) -> int:
 
 
 def _loop_cpu(pin: bool) -> int | None:
-    """The CPU the (first) event loop is pinned to, or None."""
+    """The CPU the event loop is pinned to, or None (with workers: each gets its own)."""
     if not pin:
         return None
-    from onnxforge.server.affinity import loop_cpu
+    from onnxforge.server.affinity import loop_cpus
 
-    return loop_cpu(0)
+    cpus = loop_cpus(1)
+    return cpus[0] if cpus else None

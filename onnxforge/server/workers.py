@@ -50,8 +50,6 @@ def _worker(settings: Settings, index: int, link: Connection, level: str, fmt: s
 
     logs.configure(level, fmt, worker=index)  # every line says which worker wrote it
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; it sends SIGTERM
-    if settings.loop_cpu is not None:  # each worker's loop on a core of its own
-        settings = dataclasses.replace(settings, loop_cpu=affinity.loop_cpu(index))
     event_loop.run(_serve_worker(settings, index, link))
 
 
@@ -122,6 +120,8 @@ def run_workers(settings: Settings, workers: int, level: str = "info", fmt: str 
         metrics_elsewhere=metrics_where,
     )
     context = multiprocessing.get_context("spawn")
+    # Each worker's loop on a CPU of its own, chosen here at once so that no two collide.
+    loop_cpus = affinity.loop_cpus(workers) if settings.loop_cpu is not None else []
     links, processes = [], []
     for index in range(workers):
         parent_end, child_end = context.Pipe()
@@ -129,7 +129,15 @@ def run_workers(settings: Settings, workers: int, level: str = "info", fmt: str 
         # atomic and builds deterministic, so two workers building at once write the same.
         process = context.Process(
             target=_worker,
-            args=(worker_settings, index, child_end, level, fmt),
+            args=(
+                dataclasses.replace(
+                    worker_settings, loop_cpu=loop_cpus[index] if loop_cpus else None
+                ),
+                index,
+                child_end,
+                level,
+                fmt,
+            ),
             name=f"onnxforge-worker-{index}",
         )
         process.start()

@@ -32,11 +32,42 @@ def fresh(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(affinity, "_pinned", None)
 
 
-def test_the_loop_cpu_is_the_last_usable_one_and_each_worker_gets_its_own(fresh: None) -> None:
-    assert affinity.loop_cpu() == ALLOWED[-1]
-    assert affinity.loop_cpu(1) == ALLOWED[-2]
-    chosen = {affinity.loop_cpu(worker) for worker in range(len(ALLOWED))}
-    assert chosen == set(ALLOWED)  # as many workers as CPUs: one each
+def fake_proc(root: Path, threads: dict[str, list[str]]) -> Path:
+    """A /proc with one process per entry: its cmdline ("" for a kernel thread) and each of
+    its threads' Cpus_allowed_list."""
+    for index, (cmdline, lists) in enumerate(threads.items()):
+        process = root / str(100 + index)
+        (process / "task").mkdir(parents=True)
+        (process / "cmdline").write_bytes(cmdline.split("#")[0].encode())
+        for number, allowed in enumerate(lists):
+            task = process / "task" / str(1000 + 10 * index + number)
+            task.mkdir()
+            (task / "status").write_text(f"Name:\tx\nCpus_allowed_list:\t{allowed}\nX:\t1\n")
+    return root
+
+
+def test_loops_go_to_the_cpus_fewest_threads_are_pinned_to_the_last_first(
+    fresh: None, tmp_path: Path
+) -> None:
+    last, before = ALLOWED[-1], ALLOWED[-2]
+    everywhere = f"{ALLOWED[0]}-{ALLOWED[-1]}"
+    empty = fake_proc(tmp_path / "empty", {})
+    assert affinity.loop_cpus(1, empty) == [last]
+    # Every worker a CPU of its own, then round again.
+    assert affinity.loop_cpus(len(ALLOWED) + 1, empty) == [*reversed(ALLOWED), last]
+    # Another server's loop on the last CPU: the next goes to the one before it. Threads
+    # free to run anywhere, and the kernel's own per-CPU threads, do not count.
+    busy = fake_proc(
+        tmp_path / "busy",
+        {
+            "python -m onnxforge serve": [str(last), everywhere, everywhere],
+            "#kernel": [str(before), str(before)],  # empty cmdline: a kernel thread
+        },
+    )
+    assert affinity.pinned_threads(busy) == {last: 1}
+    expected = [cpu for cpu in reversed(ALLOWED) if cpu != last] + [last]
+    assert affinity.loop_cpus(len(ALLOWED), busy) == expected
+    assert expected[0] == before
 
 
 def test_threads_started_from_the_pinned_thread_are_freed_by_unpin(fresh: None) -> None:
@@ -82,9 +113,10 @@ def test_a_server_pins_its_loop_and_leaves_every_thread_it_starts_later_free(
     repository = make_repository(tmp_path)
     server = ServeProcess(repository)
     try:
-        assert f"uvloop on CPU {ALLOWED[-1]}," in server.output
+        said = re.search(r"uvloop on CPU (\d+),", server.output)
+        assert said is not None and int(said.group(1)) in ALLOWED, server.output
         pid = server.pid
-        assert cpus_of(pid, pid) == {ALLOWED[-1]}  # the main thread runs the loop
+        assert cpus_of(pid, pid) == {int(said.group(1))}  # the main thread runs the loop
         before = threads_of(pid)
         with InferenceClient(server.url) as client:
             client.unload("digits-mlp-fp16")
@@ -118,7 +150,24 @@ def test_each_worker_pins_its_loop_to_a_cpu_of_its_own(tmp_path: Path) -> None:
         pattern=r"serving with 2 workers on 127\.0\.0\.1:(\d+)",
     )
     try:
-        said = re.findall(r"\[worker (\d)\].* on CPU (\d+),", server.output)
-        assert sorted(said) == [("0", str(ALLOWED[-1])), ("1", str(ALLOWED[-2]))], server.output
+        said = dict(re.findall(r"\[worker (\d)\].* on CPU (\d+),", server.output))
+        assert sorted(said) == ["0", "1"], server.output
+        assert said["0"] != said["1"] and {int(cpu) for cpu in said.values()} <= set(ALLOWED)
     finally:
         server.close()
+
+
+def test_a_second_server_pins_its_loop_to_another_cpu(tmp_path: Path) -> None:
+    """Two servers on one machine: the second sees the first's pinned loop and goes
+    elsewhere, so the two loops never share a core while another has none."""
+    first = ServeProcess(make_repository(tmp_path / "a"))
+    try:
+        second = ServeProcess(make_repository(tmp_path / "b"))
+        try:
+            cpus = [re.search(r"uvloop on CPU (\d+),", s.output) for s in (first, second)]
+            assert all(cpus), (first.output, second.output)
+            assert cpus[0].group(1) != cpus[1].group(1)  # type: ignore[union-attr]
+        finally:
+            second.close()
+    finally:
+        first.close()
