@@ -199,8 +199,9 @@ def limit_options(command: Any) -> Any:
     "--pin-loop/--no-pin-loop",
     default=True,
     show_default=True,
-    help="Keep the event loop's thread on one core (the last this process may use; with "
-    "workers, one each), every other thread free: a lone client is answered sooner.",
+    help="Keep the event loop's thread on one core (the one of this process's the fewest "
+    "threads are pinned to; with workers, one each), every other thread free: requests are "
+    "answered sooner.",
 )
 @click.option("--watch", is_flag=True, help="Reload models whose files or spec change.")
 @click.option(
