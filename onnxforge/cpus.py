@@ -51,7 +51,8 @@ def intra_op_threads(workers: int = 1) -> int:
     it would start 64 threads per session. This is that default capped by the quota
     (:func:`usable_cpus`), shared out among the workers, at least one each.
     """
-    cores = min(physical_cores() or usable_cpus(), usable_cpus())
+    usable = usable_cpus()
+    cores = min(physical_cores() or usable, usable)
     return max(1, cores // max(1, workers))
 
 

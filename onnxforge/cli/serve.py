@@ -320,8 +320,9 @@ def serve(
         batching=not no_batching,
         inline_us=inline_us,
         grpc_threads=grpc_threads,
-        # Ray places its replicas (several may share a node): their loops stay free.
-        loop_cpu=_loop_cpu(pin_loop and on_ray is None),
+        # Ray places its replicas (several may share a node): their loops stay free. Workers
+        # get theirs from the parent (run_workers), all chosen at once.
+        loop_cpu=_loop_cpu(pin_loop and on_ray is None and workers <= 1),
     )
     try:
         if on_ray is not None:
@@ -331,7 +332,9 @@ def serve(
         if workers > 1:
             from onnxforge.server.workers import run_workers
 
-            raise SystemExit(run_workers(settings, workers, log_level, log_format))
+            raise SystemExit(
+                run_workers(settings, workers, log_level, log_format, pin_loops=pin_loop)
+            )
         event_loop.run(run(settings))
     except OSError as error:
         raise click.ClickException(f"cannot serve on {host}:{port}: {error}") from None
@@ -360,7 +363,7 @@ def _threads_per_worker(threads: int, workers: int) -> int:
 
 
 def _loop_cpu(pin: bool) -> int | None:
-    """The CPU the event loop is pinned to, or None (with workers: each gets its own)."""
+    """The CPU this process's event loop is pinned to, or None."""
     if not pin:
         return None
     from onnxforge.server.affinity import loop_cpus

@@ -155,10 +155,10 @@ def grpc_threads_for(settings: Settings, registry: Registry) -> int:
     pool when every model loaded at start-up timed quick at load (``Version.lone_run_ns``
     within ``inline_us``), grpc.aio otherwise. Models loaded later do not change the choice.
 
-    Not the default: measured on 2 cores with a small model (``benchmarks/README.md``), the
-    thread pool answers one lone client 5-10% sooner, but grpc.aio on uvloop answers 25-30%
-    more requests at 32 clients and 64-row requests at 4, and a slow model (the wide
-    example) 1.5x the requests at 32 clients, its batches filling while ONNX Runtime runs.
+    Not the default: measured on 2 cores (``benchmarks/README.md``, ``serving.py --flags``),
+    grpc.aio on uvloop with its thread pinned answered 1.4x the thread pool's requests for
+    one lone client of a small model, 1.9x at 32 clients, and 2.3x for the wide model's 32
+    clients, whose batches fill while ONNX Runtime runs.
     """
     if settings.grpc_threads is not None:
         return settings.grpc_threads

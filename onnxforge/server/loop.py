@@ -39,28 +39,8 @@ def name() -> str:
 
 def run(main: Coroutine[Any, Any, T]) -> T:
     """``asyncio.run(main)`` on the loop :func:`loop_factory` chooses."""
-    factory = loop_factory()
-    if factory is None:
+    if loop_factory() is None:
         return asyncio.run(main)
-    loop = factory()
-    asyncio.set_event_loop(loop)
-    try:
-        return loop.run_until_complete(main)
-    finally:
-        try:
-            _cancel_remaining(loop)
-            loop.run_until_complete(loop.shutdown_asyncgens())
-            loop.run_until_complete(loop.shutdown_default_executor())
-        finally:
-            asyncio.set_event_loop(None)
-            loop.close()
+    import uvloop
 
-
-def _cancel_remaining(loop: asyncio.AbstractEventLoop) -> None:
-    """What ``asyncio.run`` does at the end: cancel the tasks still pending and let them end."""
-    pending = asyncio.all_tasks(loop)
-    if not pending:
-        return
-    for task in pending:
-        task.cancel()
-    loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+    return uvloop.run(main)

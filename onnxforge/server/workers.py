@@ -83,8 +83,15 @@ async def _serve_worker(settings: Settings, index: int, link: Connection) -> Non
     await running.stop(settings.grace_seconds)
 
 
-def run_workers(settings: Settings, workers: int, level: str = "info", fmt: str = "text") -> int:
-    """Serve with ``workers`` processes until SIGTERM/SIGINT; returns the exit code."""
+def run_workers(
+    settings: Settings,
+    workers: int,
+    level: str = "info",
+    fmt: str = "text",
+    pin_loops: bool = False,
+) -> int:
+    """Serve with ``workers`` processes until SIGTERM/SIGINT; returns the exit code.
+    ``pin_loops``: each worker's event loop on a CPU of its own (``server.affinity``)."""
     from prometheus_client import CollectorRegistry, multiprocess
 
     from onnxforge.server import logs, metrics
@@ -121,7 +128,7 @@ def run_workers(settings: Settings, workers: int, level: str = "info", fmt: str 
     )
     context = multiprocessing.get_context("spawn")
     # Each worker's loop on a CPU of its own, chosen here at once so that no two collide.
-    loop_cpus = affinity.loop_cpus(workers) if settings.loop_cpu is not None else []
+    loop_cpus = affinity.loop_cpus(workers) if pin_loops else []
     links, processes = [], []
     for index in range(workers):
         parent_end, child_end = context.Pipe()
